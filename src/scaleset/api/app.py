@@ -1,0 +1,38 @@
+"""The FastAPI application: ARM routes, the error envelope, case-insensitive paths."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from scaleset import __version__
+from scaleset.api import routes_admin, routes_groups, routes_images, routes_operations, routes_scalesets
+from scaleset.api.errors import install_error_handlers
+from scaleset.api.paths import CaseInsensitivePaths
+
+if TYPE_CHECKING:
+    from scaleset.bootstrap import Container
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(
+        title="scaleset",
+        version=__version__,
+        docs_url="/scaleset/docs",
+        redoc_url=None,
+        openapi_url="/scaleset/openapi.json",
+    )
+    app.state.container = container
+    install_error_handlers(app)
+    routers = [
+        m.router for m in (routes_groups, routes_scalesets, routes_images, routes_operations, routes_admin)
+    ]
+    for router in routers:
+        app.include_router(router)
+    app.include_router(routes_admin.health_router)
+    templates = [
+        path for router in routers for route in router.routes if (path := getattr(route, "path", None))
+    ]
+    app.add_middleware(CaseInsensitivePaths, templates=templates)
+    return app

@@ -1,0 +1,300 @@
+"""Stored rows as Azure's wire shapes. Read-only fields are added here; secrets never leave."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from scaleset.catalog.manifest import parse_image_manifest
+from scaleset.engine.executor import computer_name
+from scaleset.services.scalesets import group_id_of, set_id_of
+from scaleset.store.tables import Image, Instance, Operation, ResourceGroup, ScaleSet
+
+Json = dict[str, Any]
+
+SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
+VM_TYPE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
+# Written by clients, never shown again (Azure returns neither).
+_SECRET_OS_PROFILE_KEYS = ("adminPassword", "customData")
+
+_POWER_DISPLAY = {
+    "running": "VM running",
+    "stopped": "VM stopped",
+    "deallocated": "VM deallocated",
+    "starting": "VM starting",
+    "stopping": "VM stopping",
+    "deallocating": "VM deallocating",
+    "unknown": "VM status unknown",
+}
+_PROVISIONING_DISPLAY = {
+    "creating": "Creating",
+    "updating": "Updating",
+    "succeeded": "Provisioning succeeded",
+    "failed": "Provisioning failed",
+    "deleting": "Deleting",
+}
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO-8601 in UTC; SQLite hands datetimes back without their zone, and they were stored as UTC."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def group_view(group: ResourceGroup) -> Json:
+    return {
+        "id": group_id_of(group.subscription, group.name),
+        "name": group.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": group.location,
+        "tags": group.tags,
+        "properties": {"provisioningState": group.provisioning_state},
+    }
+
+
+def _without_secrets(profile: Json) -> Json:
+    clean = copy.deepcopy(profile)
+    os_profile = clean.get("osProfile") or {}
+    for key in _SECRET_OS_PROFILE_KEYS:
+        os_profile.pop(key, None)
+    for extension in (clean.get("extensionProfile") or {}).get("extensions") or []:
+        if isinstance(extension, dict):
+            (extension.get("properties") or {}).pop("protectedSettings", None)
+    return clean
+
+
+def scale_set_view(scale_set: ScaleSet, group_name: str) -> Json:
+    document = copy.deepcopy(scale_set.document)
+    properties = document["properties"]
+    profile = _without_secrets(properties["virtualMachineProfile"])
+    profile["storageProfile"]["imageReference"]["exactVersion"] = scale_set.exact_image_version
+    profile["timeCreated"] = iso(scale_set.created_at)
+    properties["virtualMachineProfile"] = profile
+    properties["provisioningState"] = scale_set.provisioning_state
+    properties["uniqueId"] = scale_set.uid
+    properties["timeCreated"] = iso(scale_set.created_at)
+    view: Json = {
+        "id": set_id_of(scale_set.subscription, group_name, scale_set.name),
+        "name": scale_set.name,
+        "type": SET_TYPE,
+        "location": document["location"],
+        "tags": document.get("tags", {}),
+        "sku": document["sku"],
+        "properties": properties,
+    }
+    if document.get("zones"):
+        view["zones"] = document["zones"]
+    for key in ("plan", "identity"):
+        if key in document:
+            view[key] = document[key]
+    return view
+
+
+def _status(
+    code: str, display: str, level: str = "Info", message: str = "", time: datetime | None = None
+) -> Json:
+    status: Json = {"code": code, "level": level, "displayStatus": display}
+    if message:
+        status["message"] = message
+    if time is not None:
+        status["time"] = iso(time)
+    return status
+
+
+def instance_statuses(instance: Instance) -> list[Json]:
+    failed = instance.provisioning_state == "failed"
+    return [
+        _status(
+            f"ProvisioningState/{instance.provisioning_state}",
+            _PROVISIONING_DISPLAY.get(instance.provisioning_state, instance.provisioning_state),
+            "Error" if failed else "Info",
+            instance.status_message if failed else "",
+            instance.updated_at,
+        ),
+        _status(
+            f"PowerState/{instance.power_state}",
+            _POWER_DISPLAY.get(instance.power_state, instance.power_state),
+            "Info",
+            "" if failed else instance.status_message,
+        ),
+    ]
+
+
+def instance_view(scale_set: ScaleSet, instance: Instance, model: Json, image_manifest: Json | None) -> Json:
+    manifest = parse_image_manifest(image_manifest) if image_manifest else None
+    prefix = model["osProfile"]["computerNamePrefix"]
+    view: Json = {
+        "platformUpdateDomain": instance.update_domain,
+        "platformFaultDomain": instance.fault_domain,
+        "computerName": computer_name(prefix, instance.instance_id),
+        "osName": manifest.os_name if manifest else None,
+        "osVersion": manifest.os_version if manifest else None,
+        "disks": [
+            {
+                "name": _os_disk_name(scale_set, instance),
+                "statuses": [_status("ProvisioningState/succeeded", "Provisioning succeeded")],
+            },
+        ],
+        "statuses": instance_statuses(instance),
+    }
+    if instance.zone:
+        view["zones"] = [instance.zone]
+    return view
+
+
+def _os_disk_name(scale_set: ScaleSet, instance: Instance) -> str:
+    return f"{scale_set.name}_{instance.instance_id}_OsDisk_{instance.os_disk_generation}"
+
+
+def vm_id_of(scale_set: ScaleSet, group_name: str, instance: Instance) -> str:
+    set_id = set_id_of(scale_set.subscription, group_name, scale_set.name)
+    return f"{set_id}/virtualMachines/{instance.instance_id}"
+
+
+def vm_view(
+    scale_set: ScaleSet, group_name: str, instance: Instance, model: Json, expanded_view: Json | None = None
+) -> Json:
+    vm_id = vm_id_of(scale_set, group_name, instance)
+    profile = _without_secrets(model)
+    reference = dict(profile["storageProfile"]["imageReference"])
+    reference["exactVersion"] = instance.image_version
+    properties: Json = {
+        "latestModelApplied": instance.model_version == scale_set.model_version,
+        "modelDefinitionApplied": "VirtualMachineScaleSet",
+        "vmId": instance.vm_id,
+        "provisioningState": instance.provisioning_state.capitalize(),
+        "hardwareProfile": {"vmSize": scale_set.document["sku"]["name"]},
+        "storageProfile": {
+            "imageReference": reference,
+            "osDisk": {
+                **profile["storageProfile"].get("osDisk", {}),
+                "name": _os_disk_name(scale_set, instance),
+                "osType": "Linux",
+            },
+            "dataDisks": profile["storageProfile"].get("dataDisks", []),
+        },
+        "osProfile": {
+            "computerName": computer_name(profile["osProfile"]["computerNamePrefix"], instance.instance_id),
+            "adminUsername": profile["osProfile"]["adminUsername"],
+        },
+        "networkProfile": {
+            "networkInterfaces": [{"id": f"{vm_id}/networkInterfaces/nic0", "properties": {"primary": True}}]
+        },
+        "protectionPolicy": {
+            "protectFromScaleIn": instance.protect_from_scale_in,
+            "protectFromScaleSetActions": instance.protect_from_scale_set_actions,
+        },
+        "timeCreated": iso(instance.created_at),
+    }
+    if expanded_view is not None:
+        properties["instanceView"] = expanded_view
+    view: Json = {
+        "id": vm_id,
+        "name": f"{scale_set.name}_{instance.instance_id}",
+        "type": VM_TYPE,
+        "location": scale_set.location,
+        "instanceId": str(instance.instance_id),
+        "sku": {
+            "name": scale_set.document["sku"]["name"],
+            "tier": scale_set.document["sku"].get("tier", "Standard"),
+        },
+        "properties": properties,
+    }
+    if instance.zone:
+        view["zones"] = [instance.zone]
+    return view
+
+
+def network_interface_view(scale_set: ScaleSet, group_name: str, instance: Instance) -> Json:
+    vm_id = vm_id_of(scale_set, group_name, instance)
+    return {
+        "name": "nic0",
+        "id": f"{vm_id}/networkInterfaces/nic0",
+        "type": "Microsoft.Network/networkInterfaces",
+        "location": scale_set.location,
+        "properties": {
+            "primary": True,
+            "provisioningState": "Succeeded",
+            "virtualMachine": {"id": vm_id},
+            "ipConfigurations": [
+                {
+                    "name": "ipconfig1",
+                    "id": f"{vm_id}/networkInterfaces/nic0/ipConfigurations/ipconfig1",
+                    "properties": {
+                        "privateIPAddress": instance.address,
+                        "privateIPAddressVersion": "IPv4",
+                        "privateIPAllocationMethod": "Dynamic",
+                        "primary": True,
+                    },
+                }
+            ],
+        },
+    }
+
+
+def set_instance_view(scale_set: ScaleSet, instances: Iterable[Instance]) -> Json:
+    codes: Counter[str] = Counter()
+    for instance in instances:
+        codes[f"ProvisioningState/{instance.provisioning_state}"] += 1
+        codes[f"PowerState/{instance.power_state}"] += 1
+    state = scale_set.provisioning_state.lower()
+    return {
+        "virtualMachine": {
+            "statusesSummary": [{"code": code, "count": count} for code, count in sorted(codes.items())]
+        },
+        "extensions": [],
+        "statuses": [
+            _status(
+                f"ProvisioningState/{state}",
+                _PROVISIONING_DISPLAY.get(state, state),
+                "Error" if state == "failed" else "Info",
+                time=scale_set.updated_at,
+            )
+        ],
+        "orchestrationServices": [],
+    }
+
+
+def _image_id(image: Image, subscription: str) -> str:
+    return (
+        f"/Subscriptions/{subscription}/Providers/Microsoft.Compute/Locations/{image.location}"
+        f"/Publishers/{image.publisher}/ArtifactTypes/VMImage/Offers/{image.offer}/Skus/{image.sku}"
+        f"/Versions/{image.version}"
+    )
+
+
+def image_name_view(name: str, location: str, resource_id: str) -> Json:
+    return {"name": name, "location": location, "id": resource_id}
+
+
+def image_resource_view(image: Image, subscription: str) -> Json:
+    return image_name_view(image.version, image.location, _image_id(image, subscription))
+
+
+def image_view(image: Image, subscription: str) -> Json:
+    manifest = parse_image_manifest(image.manifest)
+    view = image_resource_view(image, subscription)
+    view["properties"] = {
+        "osDiskImage": {"operatingSystem": manifest.os_type},
+        "dataDiskImages": [],
+        "automaticOSUpgradeProperties": {
+            "automaticOSUpgradeSupported": manifest.automatic_os_upgrade_supported
+        },
+        "hyperVGeneration": "V2",
+        "architecture": "x64",
+        "imageDeprecationStatus": {"imageState": "Active"},
+    }
+    return view
+
+
+def operation_view(operation: Operation) -> Json:
+    view: Json = {"name": operation.id, "status": operation.status, "startTime": iso(operation.start_time)}
+    if operation.end_time is not None:
+        view["endTime"] = iso(operation.end_time)
+    if operation.error:
+        view["error"] = operation.error
+    return view

@@ -1,0 +1,76 @@
+"""The composition root: the one place that picks concrete adapters and wires them together."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scaleset.catalog.service import ImageCatalog
+from scaleset.engine.clock import Clock, SystemClock
+from scaleset.engine.executor import Executor
+from scaleset.providers.base import Provider
+from scaleset.providers.local import LocalProvider
+from scaleset.services.addresses import DEFAULT_POOL, parse_pool
+from scaleset.services.scalesets import ScaleSetService
+from scaleset.services.tokens import TokenService
+from scaleset.store.db import Database, sqlite_url
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str | None = None
+    address_pool: str = DEFAULT_POOL
+    page_size: int = 100
+    workers: int = 8
+    observe_every: float = 2.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    clock: Clock
+    provider: Provider
+    catalog: ImageCatalog
+    executor: Executor
+    scalesets: ScaleSetService
+    tokens: TokenService
+    pool: ipaddress.IPv4Network = field(default_factory=lambda: parse_pool(DEFAULT_POOL))
+
+    def start(self) -> None:
+        """Migrate the schema, then resume the engine (unfinished tasks first)."""
+        self.db.migrate()
+        self.executor.start()
+
+    def close(self) -> None:
+        self.executor.stop()
+        self.provider.close()
+        self.db.close()
+
+
+def build(settings: Settings, *, clock: Clock | None = None, provider: Provider | None = None) -> Container:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    clock = clock or SystemClock()
+    db = Database(settings.resolved_database_url)
+    provider = provider or LocalProvider(settings.data_dir / "instances")
+    catalog = ImageCatalog(db, settings.data_dir / "images", clock)
+    executor = Executor(db, clock, provider, workers=settings.workers, observe_every=settings.observe_every)
+    pool = parse_pool(settings.address_pool)
+    scalesets = ScaleSetService(db, clock, catalog, pool, executor.wake)
+    return Container(
+        settings=settings,
+        db=db,
+        clock=clock,
+        provider=provider,
+        catalog=catalog,
+        executor=executor,
+        scalesets=scalesets,
+        tokens=TokenService(db, clock),
+        pool=pool,
+    )

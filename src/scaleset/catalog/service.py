@@ -1,0 +1,204 @@
+"""The image catalog: publishing image versions and finding them again.
+
+Publishing unpacks the artifact under `<data dir>/images/...` with the artifact-safety rules of
+`catalog/artifacts.py`, then records it; a publish that fails leaves neither files nor a row.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scaleset.catalog.artifacts import ArtifactError, install_artifact
+from scaleset.catalog.manifest import MANIFEST_FILE, ManifestError, parse_image_manifest, read_image_manifest
+from scaleset.domain.errors import ArmError, invalid
+from scaleset.domain.regions import find_region
+from scaleset.domain.scaleset_spec import ImageRequest, validate_resource_name
+from scaleset.domain.versions import ImageVersion, is_latest
+from scaleset.engine.clock import Clock
+from scaleset.providers.base import ImageArtifact
+from scaleset.store.db import Database
+from scaleset.store.tables import Image
+
+
+@dataclass(frozen=True)
+class ImageCoordinates:
+    location: str
+    publisher: str
+    offer: str
+    sku: str
+    version: str
+
+
+def image_not_found(location: str, request: ImageRequest) -> ArmError:
+    return ArmError(
+        404,
+        "PlatformImageNotFound",
+        f"The platform image '{request.urn}' is not available in location '{location}'. "
+        "List what is published with GET .../publishers/{publisher}/artifacttypes/vmimage/offers/{offer}"
+        "/skus/{sku}/versions or `scaleset vm image list --all`.",
+        "properties.virtualMachineProfile.storageProfile.imageReference",
+    )
+
+
+def _image_filter(
+    location: str, publisher: str, offer: str | None = None, sku: str | None = None
+) -> list[Any]:
+    conditions: list[Any] = [Image.location == location, Image.publisher_key == publisher.lower()]
+    if offer is not None:
+        conditions.append(Image.offer_key == offer.lower())
+    if sku is not None:
+        conditions.append(Image.sku_key == sku.lower())
+    return conditions
+
+
+class ImageCatalog:
+    def __init__(self, db: Database, root: Path, clock: Clock) -> None:
+        self._db = db
+        self._root = root
+        self._clock = clock
+
+    # ------------------------------------------------------------------------------------ publishing
+    def publish(self, where: ImageCoordinates, artifact: Path) -> Image:
+        location = self._check_coordinates(where)
+        request = ImageRequest(where.publisher, where.offer, where.sku, where.version)
+        if self.find(location, request) is not None:
+            raise ArmError(
+                409,
+                "Conflict",
+                f"Image version {where.version} of {where.publisher}:{where.offer}:{where.sku} is already "
+                f"published in {location}; versions are immutable.",
+                "version",
+            )
+        parent = self._root / location / where.publisher.lower() / where.offer.lower() / where.sku.lower()
+        target = parent / where.version
+        if target.exists():
+            # Files without a row: a publish that died between unpacking and recording; start afresh.
+            shutil.rmtree(target)
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            install_artifact(artifact, target)
+            manifest = read_image_manifest(target)
+            with self._db.write() as session:
+                image = Image(
+                    location=location,
+                    publisher=where.publisher,
+                    publisher_key=where.publisher.lower(),
+                    offer=where.offer,
+                    offer_key=where.offer.lower(),
+                    sku=where.sku,
+                    sku_key=where.sku.lower(),
+                    version=where.version,
+                    manifest=manifest.to_json(),
+                    path=str(target),
+                    published_at=self._clock.now(),
+                )
+                session.add(image)
+            return image
+        except BaseException as error:
+            # A refused artifact leaves nothing: not its files, not the folders made for it.
+            shutil.rmtree(target, ignore_errors=True)
+            _remove_empty_folders(parent, stop=self._root)
+            if isinstance(error, ArtifactError):
+                raise ArmError(400, "InvalidArtifact", str(error), error.member or "artifact") from None
+            if isinstance(error, ManifestError):
+                target_field = (
+                    MANIFEST_FILE
+                    if error.target in (None, MANIFEST_FILE)
+                    else (f"{MANIFEST_FILE}:{error.target}")
+                )
+                raise ArmError(400, "InvalidImageManifest", error.message, target_field) from None
+            raise
+
+    @staticmethod
+    def _check_coordinates(where: ImageCoordinates) -> str:
+        region = find_region(where.location)
+        if region is None:
+            raise invalid("location", f"Unknown location '{where.location}'.")
+        for field in ("publisher", "offer", "sku"):
+            validate_resource_name(getattr(where, field), field)
+        try:
+            ImageVersion.parse(where.version)
+        except ValueError as error:
+            raise invalid("version", str(error)) from None
+        return region.name
+
+    # --------------------------------------------------------------------------------------- reading
+    def find(self, location: str, request: ImageRequest) -> Image | None:
+        """The image a request names; 'latest' is the highest published version."""
+        with self._db.read() as session:
+            return self._find(session, location, request)
+
+    @staticmethod
+    def _find(session: Session, location: str, request: ImageRequest) -> Image | None:
+        candidates = session.scalars(
+            select(Image).where(*_image_filter(location, request.publisher, request.offer, request.sku))
+        ).all()
+        if is_latest(request.version):
+            return max(candidates, key=lambda image: ImageVersion.parse(image.version), default=None)
+        try:
+            wanted = ImageVersion.parse(request.version)
+        except ValueError:
+            return None
+        # 1.0.01 and 1.0.1 are the same version, as Azure compares them.
+        return next((image for image in candidates if ImageVersion.parse(image.version) == wanted), None)
+
+    def resolve(self, location: str, request: ImageRequest) -> Image:
+        image = self.find(location, request)
+        if image is None:
+            raise image_not_found(location, request)
+        return image
+
+    def list_publishers(self, location: str) -> list[str]:
+        with self._db.read() as session:
+            names = session.scalars(select(Image.publisher).where(Image.location == location)).all()
+        return _unique_case_insensitive(names)
+
+    def list_offers(self, location: str, publisher: str) -> list[str]:
+        with self._db.read() as session:
+            names = session.scalars(select(Image.offer).where(*_image_filter(location, publisher))).all()
+        return _unique_case_insensitive(names)
+
+    def list_skus(self, location: str, publisher: str, offer: str) -> list[str]:
+        with self._db.read() as session:
+            names = session.scalars(select(Image.sku).where(*_image_filter(location, publisher, offer))).all()
+        return _unique_case_insensitive(names)
+
+    def list_versions(self, location: str, publisher: str, offer: str, sku: str) -> list[Image]:
+        with self._db.read() as session:
+            images = session.scalars(
+                select(Image).where(*_image_filter(location, publisher, offer, sku))
+            ).all()
+        return sorted(images, key=lambda image: ImageVersion.parse(image.version))
+
+
+def artifact_of(image: Image) -> ImageArtifact:
+    manifest = parse_image_manifest(image.manifest)
+    return ImageArtifact(
+        path=Path(image.path),
+        entrypoint=tuple(manifest.entrypoint),
+        ports=tuple(manifest.ports),
+        environment=dict(manifest.environment),
+    )
+
+
+def _remove_empty_folders(folder: Path, stop: Path) -> None:
+    while folder != stop and folder.is_relative_to(stop):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another version lives there) or already gone
+            return
+        folder = folder.parent
+
+
+def _unique_case_insensitive(names: Sequence[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.lower(), name)
+    return sorted(seen.values(), key=str.lower)

@@ -1,0 +1,112 @@
+"""`scaleset serve`: the API, the engine and the local provider in one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from scaleset.api.app import create_app
+from scaleset.bootstrap import Settings, build
+from scaleset.cli.tls import ensure_certificate, is_loopback
+from scaleset.services.addresses import DEFAULT_POOL
+
+console = Console(stderr=True)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SCALESET_DATA_DIR") or Path.home() / ".scaleset")
+
+
+def serve(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the database, images and instances live [default: $SCALESET_DATA_DIR or ~/.scaleset]"
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; a non-loopback one needs --tls")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8420,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir]"
+        ),
+    ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Serve https with a self-signed certificate made in the data directory on first start",
+        ),
+    ] = False,
+    address_pool: Annotated[
+        str, typer.Option(help="Loopback range instances get their addresses from")
+    ] = DEFAULT_POOL,
+    page_size: Annotated[int, typer.Option(help="Instances per page when listing scale-set VMs")] = 100,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo", help="Publish the sample images and create a demo scale set once the server is up"
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the control plane: Azure's Compute REST API, the engine and the local provider."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not tls and not is_loopback(host):
+        console.print(
+            f"[red]Refusing to serve plain http on {host}[/red]: bearer tokens would cross the "
+            "network unencrypted. Add --tls (a self-signed certificate is made for you) or listen "
+            "on 127.0.0.1."
+        )
+        raise typer.Exit(2)
+    directory = (data_dir or default_data_dir()).resolve()
+    settings = Settings(
+        data_dir=directory, database_url=database_url, address_pool=address_pool, page_size=page_size
+    )
+    container = build(settings)
+    container.start()
+    token_path = container.tokens.ensure_admin_token(directory)
+    scheme = "https" if tls else "http"
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    endpoint = f"{scheme}://{shown_host}:{port}"
+    cert_file: str | None = None
+    key_file: str | None = None
+    if tls:
+        cert, key = ensure_certificate(directory, host)
+        cert_file, key_file = str(cert), str(key)
+        console.print(
+            f"TLS: clients trust [bold]{cert}[/bold] (SDK: connection_verify='{cert}'; "
+            f"CLI: SCALESET_CA_CERT={cert}; curl: --cacert {cert})"
+        )
+    console.print(f"scaleset {endpoint}  data: {directory}  admin token: {token_path}")
+    if demo:
+        from scaleset.cli.demo import run_demo_when_ready
+
+        threading.Thread(
+            target=run_demo_when_ready,
+            args=(endpoint, token_path, cert_file),
+            daemon=True,
+            name="scaleset-demo",
+        ).start()
+    try:
+        uvicorn.run(
+            create_app(container),
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=5,
+            ssl_certfile=cert_file,
+            ssl_keyfile=key_file,
+        )
+    finally:
+        container.close()

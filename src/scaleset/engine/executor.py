@@ -1,0 +1,305 @@
+"""The engine's executor: runs committed tasks through the provider and finishes operations.
+
+One pass claims the tasks that may run now (at most one per instance, oldest first), commits the claim,
+and hands each to a worker thread; a finished task records its outcome and wakes the loop for the next
+pass. Nothing here decides *what* to do: the intent was written by the service layer before we got here,
+so a server killed at any moment finds every unfinished task again at start (`recover`) and, provider
+actions being idempotent, simply runs it again.
+
+A second, slower duty is observation: instances whose init process died on their own (or that a restart
+of the host took away) are shown as stopped, with the provider's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from scaleset.catalog.service import artifact_of
+from scaleset.engine.clock import Clock
+from scaleset.providers.base import (
+    InstanceObservation,
+    InstanceSpec,
+    InstanceState,
+    Provider,
+    ProviderError,
+)
+from scaleset.services.operations import complete_if_done
+from scaleset.store.db import Database
+from scaleset.store.tables import Image, Instance, ScaleSet, ScaleSetModel, Task
+
+log = logging.getLogger("scaleset.engine")
+
+# The power state an instance is in once an action succeeded.
+POWER_AFTER = {
+    "create": "running",
+    "start": "running",
+    "restart": "running",
+    "reimage": "running",
+    "reimageall": "running",
+    "stop": "stopped",
+    "deallocate": "deallocated",
+}
+_POWER_OF_STATE = {
+    InstanceState.RUNNING: "running",
+    InstanceState.STOPPED: "stopped",
+    InstanceState.DEALLOCATED: "deallocated",
+    InstanceState.MISSING: "unknown",
+    InstanceState.UNKNOWN: "unknown",
+}
+
+
+def instance_key(scale_set: ScaleSet, instance: Instance) -> str:
+    return f"{scale_set.uid}/{instance.instance_id}"
+
+
+def computer_name(prefix: str, instance_id: int) -> str:
+    """Azure names a Uniform instance `<prefix><instance id in base 36, six digits>`."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    value = instance_id
+    while True:
+        value, remainder = divmod(value, 36)
+        text = digits[remainder] + text
+        if value == 0:
+            break
+    return prefix + text.rjust(6, "0")
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    task_id: int
+    action: str
+    key: str
+    spec: InstanceSpec | None
+
+
+class Executor:
+    def __init__(
+        self, db: Database, clock: Clock, provider: Provider, *, workers: int = 8, observe_every: float = 2.0
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._provider = provider
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scaleset-task")
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._observe_every = observe_every
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def recover(self) -> int:
+        """Tasks that were running when the last server died run again (their actions are idempotent)."""
+        with self._db.write() as session:
+            result = session.execute(update(Task).where(Task.status == "running").values(status="pending"))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def start(self) -> None:
+        recovered = self.recover()
+        if recovered:
+            log.info("resuming %d task(s) left running by the previous server", recovered)
+        self._thread = threading.Thread(target=self._loop, name="scaleset-engine", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        last_observed = 0.0
+        while not self._stopping.is_set():
+            self._wakeup.wait(timeout=self._observe_every)
+            self._wakeup.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.run_pass()
+                now = self._clock.now().timestamp()
+                if now - last_observed >= self._observe_every:
+                    self.observe()
+                    last_observed = now
+            except Exception:  # the loop must outlive any one bad pass; the next pass retries
+                log.exception("engine pass failed")
+
+    # ------------------------------------------------------------------------------------ one pass
+    def run_pass(self) -> int:
+        """Claim what may run now and hand it to the workers; returns how many tasks were started."""
+        claimed = self._claim()
+        for task in claimed:
+            self._pool.submit(self._run, task)
+        return len(claimed)
+
+    def _claim(self) -> list[ClaimedTask]:
+        now = self._clock.now()
+        claimed: list[ClaimedTask] = []
+        with self._db.write() as session:
+            busy = set(session.scalars(select(Task.instance_row_id).where(Task.status == "running")))
+            for task in session.scalars(select(Task).where(Task.status == "pending").order_by(Task.id)):
+                if task.instance_row_id in busy:
+                    continue
+                busy.add(task.instance_row_id)
+                instance = session.get(Instance, task.instance_row_id)
+                if instance is None:  # the instance went away under an earlier task: nothing to do
+                    task.status = "done"
+                    complete_if_done(session, task.operation_id, now)
+                    continue
+                scale_set = session.get(ScaleSet, instance.set_id)
+                assert scale_set is not None
+                task.status = "running"
+                task.attempts += 1
+                task.updated_at = now
+                spec = (
+                    None
+                    if task.action in ("stop", "deallocate", "delete")
+                    else self._spec(session, scale_set, instance)
+                )
+                claimed.append(ClaimedTask(task.id, task.action, instance_key(scale_set, instance), spec))
+        return claimed
+
+    def _spec(self, session: Session, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:
+        model_row = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
+        assert model_row is not None
+        model = model_row.model
+        reference = model["storageProfile"]["imageReference"]
+        image = session.scalars(
+            select(Image).where(
+                Image.location == scale_set.location,
+                Image.publisher_key == reference["publisher"].lower(),
+                Image.offer_key == reference["offer"].lower(),
+                Image.sku_key == reference["sku"].lower(),
+                Image.version == instance.image_version,
+            )
+        ).first()
+        if image is None:
+            raise ProviderError(f"image version {instance.image_version} is no longer in the catalog")
+        name = computer_name(model["osProfile"]["computerNamePrefix"], instance.instance_id)
+        return InstanceSpec(
+            key=instance_key(scale_set, instance),
+            image=artifact_of(image),
+            address=instance.address,
+            data_disk_luns=tuple(int(disk["lun"]) for disk in model["storageProfile"].get("dataDisks", [])),
+            os_disk_generation=instance.os_disk_generation,
+            environment={
+                "SCALESET_INSTANCE_ID": str(instance.instance_id),
+                "SCALESET_COMPUTER_NAME": name,
+                "SCALESET_VMSS_NAME": scale_set.name,
+            },
+        )
+
+    # ---------------------------------------------------------------------------------- one action
+    def _run(self, task: ClaimedTask) -> None:
+        error: str | None = None
+        try:
+            self._act(task)
+        except ProviderError as failure:
+            error = str(failure)
+        except Exception as failure:  # a bug or an OS error: keep the engine alive, show it on the task
+            log.exception("task %s (%s %s) failed", task.task_id, task.action, task.key)
+            error = f"{type(failure).__name__}: {failure}"
+        try:
+            self._record(task, error)
+        finally:
+            self.wake()
+
+    def _act(self, task: ClaimedTask) -> None:
+        provider = self._provider
+        if task.action == "delete":
+            provider.delete_instance(task.key)
+            return
+        if task.action == "stop":
+            provider.stop_instance(task.key)
+            return
+        if task.action == "deallocate":
+            provider.deallocate_instance(task.key)
+            return
+        assert task.spec is not None
+        if task.action == "create":
+            provider.create_instance(task.spec)
+        elif task.action == "start":
+            provider.start_instance(task.spec)
+        elif task.action == "restart":
+            provider.restart_instance(task.spec)
+        elif task.action == "reimage":
+            provider.reimage_instance(task.spec)
+        elif task.action == "reimageall":
+            # Azure's reimageAll renews every disk, data disks included: the instance is made anew.
+            provider.delete_instance(task.key)
+            provider.create_instance(task.spec)
+        else:
+            raise ProviderError(f"unknown action {task.action}")
+
+    def _record(self, task: ClaimedTask, error: str | None) -> None:
+        now = self._clock.now()
+        with self._db.write() as session:
+            row = session.get(Task, task.task_id)
+            if row is None:
+                return
+            row.status = "failed" if error else "done"
+            row.error = error or ""
+            row.updated_at = now
+            instance = session.get(Instance, row.instance_row_id)
+            if instance is not None:
+                if task.action == "delete" and error is None:
+                    session.delete(instance)
+                elif error is None:
+                    instance.provisioning_state = "succeeded"
+                    instance.power_state = POWER_AFTER[task.action]
+                    instance.status_message = ""
+                else:
+                    instance.provisioning_state = "failed"
+                    instance.power_state = _POWER_OF_STATE[self._observe_quietly(task.key).state]
+                    instance.status_message = error
+                if instance in session:
+                    instance.updated_at = now
+            session.flush()
+            complete_if_done(session, row.operation_id, now)
+
+    def _observe_quietly(self, key: str) -> InstanceObservation:
+        try:
+            return self._provider.describe_instance(key)
+        except Exception:  # observation is best effort after a failure
+            return InstanceObservation(InstanceState.UNKNOWN, None, "")
+
+    # ---------------------------------------------------------------------------------- observation
+    def observe(self) -> int:
+        """Bring settled instances' power state in line with what the provider sees; returns changes."""
+        with self._db.read() as session:
+            busy = set(
+                session.scalars(select(Task.instance_row_id).where(Task.status.in_(("pending", "running"))))
+            )
+            rows = session.execute(
+                select(Instance, ScaleSet)
+                .join(ScaleSet, Instance.set_id == ScaleSet.id)
+                .where(Instance.provisioning_state.in_(("succeeded", "failed")))
+            ).all()
+        seen: dict[int, tuple[str, str]] = {}
+        for instance, scale_set in rows:
+            if instance.id in busy:
+                continue
+            observation = self._provider.describe_instance(instance_key(scale_set, instance))
+            power = _POWER_OF_STATE[observation.state]
+            if power != instance.power_state:
+                seen[instance.id] = (power, observation.message)
+        if not seen:
+            return 0
+        now = self._clock.now()
+        with self._db.write() as session:
+            for row_id, (power, message) in seen.items():
+                current = session.get(Instance, row_id)
+                if current is None or current.provisioning_state not in ("succeeded", "failed"):
+                    continue
+                current.power_state = power
+                current.status_message = message
+                current.updated_at = now
+        return len(seen)

@@ -1,0 +1,118 @@
+"""The provider contract: where instances live.
+
+The engine decides; a provider only acts. Every method is idempotent, because the engine persists an
+intent before calling the provider and may call again after a crash (M-26): creating an instance that
+already exists, deleting one that is gone, or reimaging to a generation the OS disk already has must
+succeed without doing the work twice.
+
+Every provider passes the same conformance suite (`tests/providers/conformance.py`).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class InstanceState(enum.Enum):
+    """One enum for every provider's power states; UNKNOWN is the fallback for anything unmapped."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DEALLOCATED = "deallocated"
+    MISSING = "missing"  # the provider has no such instance (never created, or deleted)
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ImageArtifact:
+    """An unpacked image version: the directory an OS disk is copied from, and its manifest."""
+
+    path: Path
+    entrypoint: tuple[str, ...]
+    ports: tuple[int, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a provider needs to build one instance.
+
+    `key` names the instance uniquely inside the provider (the engine uses `<set uuid>/<instance id>`).
+    `os_disk_generation` grows by one on every reimage the engine asks for; a provider records the
+    generation its OS disk was made for, so that a repeated reimage of the same generation is a no-op.
+    """
+
+    key: str
+    image: ImageArtifact
+    address: str
+    data_disk_luns: tuple[int, ...] = ()
+    os_disk_generation: int = 1
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceObservation:
+    """What a provider sees of one instance right now."""
+
+    state: InstanceState
+    os_disk_generation: int | None = None
+    message: str = ""
+
+
+class ProviderError(Exception):
+    """A provider could not do what it was asked; the message is shown to the user."""
+
+
+class Provider(ABC):
+    """Where instances live. Methods block until the action is done (or raise ProviderError)."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def create_instance(self, spec: InstanceSpec) -> None:
+        """Make the OS disk from the image and the data disks, then start the instance.
+
+        Idempotent: an instance that exists already is only started if it is not running.
+        """
+
+    @abstractmethod
+    def start_instance(self, spec: InstanceSpec) -> None:
+        """Start a stopped or deallocated instance; no-op when running."""
+
+    @abstractmethod
+    def stop_instance(self, key: str) -> None:
+        """Stop the instance's processes, keep its disks (powerOff); no-op when not running."""
+
+    @abstractmethod
+    def deallocate_instance(self, key: str) -> None:
+        """Stop the instance and release its compute; disks are kept."""
+
+    @abstractmethod
+    def restart_instance(self, spec: InstanceSpec) -> None:
+        """Stop then start, keeping every disk."""
+
+    @abstractmethod
+    def reimage_instance(self, spec: InstanceSpec) -> None:
+        """Give the instance a fresh OS disk from `spec.image`, keep data disks, and start it.
+
+        No-op when the OS disk already has `spec.os_disk_generation` and the instance is running.
+        """
+
+    @abstractmethod
+    def delete_instance(self, key: str) -> None:
+        """Stop the instance and remove every disk; no-op when it does not exist."""
+
+    @abstractmethod
+    def describe_instance(self, key: str) -> InstanceObservation:
+        """Observe one instance without changing it."""
+
+    @abstractmethod
+    def list_instance_keys(self) -> Sequence[str]:
+        """Every instance key the provider holds, running or not."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
+        """Release what the provider holds in this process; instances keep running."""

@@ -1,0 +1,384 @@
+"""The local provider: every instance is a real process tree on this host.
+
+An instance is a directory under the provider's root (layout in `scaleset.guest.init.InstanceLayout`):
+its OS disk `os/` copied fresh from the image, data disks `data/lun<N>/` that nothing but delete removes,
+and the spec in `instance.json`. Its power state is its own init process (`scaleset.guest.init`), started
+in a session of its own so that it outlives this server; a restarted server re-adopts it through the
+`init.json` record the init writes, checked against pid reuse by the process's create time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+import scaleset
+from scaleset.guest.init import (
+    EXIT_ANOTHER_INIT_RUNNING,
+    InstanceLayout,
+    spec_to_json,
+    wait_until_gone,
+    write_file_atomically,
+)
+from scaleset.providers.base import (
+    ImageArtifact,
+    InstanceObservation,
+    InstanceSpec,
+    InstanceState,
+    Provider,
+    ProviderError,
+)
+
+PowerMarker = Literal["stopped", "deallocated"]
+
+# How long start waits for a new init process to record itself; it normally takes about 0.1 s.
+INIT_START_TIMEOUT_SECONDS = 10.0
+_POLL_SECONDS = 0.01
+
+# Two reads of one process's create time can differ a little: psutil derives it from the boot time,
+# which the kernel recomputes when the wall clock is adjusted. A reused pid is a different process
+# started at a different moment, far outside this.
+_CREATE_TIME_TOLERANCE_SECONDS = 1.0
+
+# `python -m` puts its working directory first on sys.path; starting the init from the directory that
+# holds the `scaleset` package makes it import the same package as this server, installed or not,
+# without a PYTHONPATH that the app would inherit.
+_PACKAGE_PARENT = Path(scaleset.__file__).resolve().parent.parent
+
+# A key is segments joined by "/"; each segment is letters, digits and "-", with single "." or "_"
+# inside. So "/" <-> "__" is reversible and a directory name can never be ".", ".." or hidden.
+_KEY_SEGMENT = r"[A-Za-z0-9-]+(?:[._][A-Za-z0-9-]+)*"
+_KEY_PATTERN = re.compile(rf"{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*")
+
+
+@dataclass(frozen=True)
+class _InitRecord:
+    """What init.json says: which process is (or was) the instance's init."""
+
+    pid: int
+    create_time: float
+
+
+class LocalProvider(Provider):
+    """Instances as process trees under `root`; `stop_timeout` bounds a graceful stop before SIGKILL."""
+
+    name = "local"
+
+    def __init__(self, root: Path, *, stop_timeout: float = 5.0) -> None:
+        self._root = Path(root).absolute()
+        self._root.mkdir(parents=True, exist_ok=True)
+        for interrupted in self._root.glob(".deleting-*"):  # deletes a crash cut short
+            shutil.rmtree(interrupted, ignore_errors=True)
+        self._stop_timeout = stop_timeout
+        self._guard = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        # Inits this object spawned, by pid, polled so that none stays a zombie after it exits.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- the contract -------------------------------------------------------------------------------
+
+    def create_instance(self, spec: InstanceSpec) -> None:
+        with self._locked(spec.key):
+            layout = self._layout(spec.key)
+            if not layout.os_disk.is_dir():
+                _check_image(spec.image)
+                layout.root.mkdir(parents=True, exist_ok=True)
+                self._replace_os_disk(layout, spec)
+            elif _read_generation(layout) is None:
+                # A create that crashed between installing the disk and recording its generation.
+                write_file_atomically(layout.generation, str(spec.os_disk_generation))
+            self._start(layout, spec)
+
+    def start_instance(self, spec: InstanceSpec) -> None:
+        with self._locked(spec.key):
+            self._start(self._existing_layout(spec.key), spec)
+
+    def stop_instance(self, key: str) -> None:
+        with self._locked(key):
+            self._stop(self._existing_layout(key), "stopped")
+
+    def deallocate_instance(self, key: str) -> None:
+        with self._locked(key):
+            self._stop(self._existing_layout(key), "deallocated")
+
+    def restart_instance(self, spec: InstanceSpec) -> None:
+        with self._locked(spec.key):
+            layout = self._existing_layout(spec.key)
+            self._stop(layout, "stopped")
+            self._start(layout, spec)
+
+    def reimage_instance(self, spec: InstanceSpec) -> None:
+        with self._locked(spec.key):
+            layout = self._existing_layout(spec.key)
+            # The same generation means this reimage already happened (the engine repeats an intent after
+            # a crash): rebuilding would wipe what the instance wrote since. Only make sure it runs.
+            already_done = layout.os_disk.is_dir() and _read_generation(layout) == spec.os_disk_generation
+            if not already_done:
+                _check_image(spec.image)
+                self._stop(layout, "stopped")
+                self._replace_os_disk(layout, spec)
+            self._start(layout, spec)
+
+    def delete_instance(self, key: str) -> None:
+        with self._locked(key):
+            layout = self._layout(key)
+            if not layout.root.is_dir():
+                return
+            self._stop(layout, "stopped")
+            # Rename first so the instance leaves the listing at once, even if the removal is interrupted.
+            doomed = Path(tempfile.mkdtemp(prefix=".deleting-", dir=self._root))
+            os.replace(layout.root, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def describe_instance(self, key: str) -> InstanceObservation:
+        layout = self._layout(key)
+        self._reap_children()
+        if not layout.root.is_dir():
+            return InstanceObservation(InstanceState.MISSING)
+        generation = _read_generation(layout)
+        if self._live_init(layout) is not None:
+            return InstanceObservation(InstanceState.RUNNING, generation)
+        marker = _read_power_marker(layout)
+        if marker == "deallocated":
+            return InstanceObservation(InstanceState.DEALLOCATED, generation)
+        if marker == "stopped":
+            return InstanceObservation(InstanceState.STOPPED, generation)
+        if not layout.os_disk.is_dir():
+            return InstanceObservation(InstanceState.STOPPED, generation, "instance has no OS disk yet")
+        return InstanceObservation(
+            InstanceState.STOPPED,
+            generation,
+            f"instance init process exited unexpectedly; see {layout.console_log}",
+        )
+
+    def list_instance_keys(self) -> Sequence[str]:
+        keys = (entry.name.replace("__", "/") for entry in self._root.iterdir() if entry.is_dir())
+        return sorted(key for key in keys if _is_valid_key(key))
+
+    def close(self) -> None:
+        self._reap_children()
+
+    def instance_layout(self, key: str) -> InstanceLayout:
+        """Where an instance's files are (its console.log, its disks), whether or not it exists."""
+        return self._layout(key)
+
+    # -- power ---------------------------------------------------------------------------------------
+
+    def _start(self, layout: InstanceLayout, spec: InstanceSpec) -> None:
+        if not layout.os_disk.is_dir():
+            raise ProviderError(f"instance {spec.key!r} has no OS disk; create or reimage it first")
+        for lun in spec.data_disk_luns:
+            layout.data_disk(lun).mkdir(parents=True, exist_ok=True)
+        write_file_atomically(layout.instance_json, spec_to_json(spec))
+        # Cleared before spawning: from here on, an init that is not alive died by itself.
+        layout.power.unlink(missing_ok=True)
+        if self._live_init(layout) is None:
+            self._sweep_dead_init(layout)
+            self._spawn_init(layout, spec.key)
+
+    def _spawn_init(self, layout: InstanceLayout, key: str) -> None:
+        command = [sys.executable, "-m", "scaleset.guest.init", str(layout.root)]
+        try:
+            with layout.console_log.open("ab") as console:
+                child = subprocess.Popen(
+                    command,
+                    cwd=_PACKAGE_PARENT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=console,
+                    close_fds=True,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise ProviderError(f"cannot start the init process of instance {key!r}: {exc}") from exc
+        with self._guard:
+            self._children[child.pid] = child
+        self._wait_for_init_record(layout, key, child)
+
+    def _wait_for_init_record(self, layout: InstanceLayout, key: str, child: subprocess.Popen[bytes]) -> None:
+        """Return once a live init has recorded itself: ours, or one that was already booting."""
+        deadline = time.monotonic() + INIT_START_TIMEOUT_SECONDS
+        while self._live_init(layout) is None:
+            returncode = child.poll()
+            if returncode not in (None, EXIT_ANOTHER_INIT_RUNNING):
+                raise ProviderError(
+                    f"the init process of instance {key!r} exited with code {returncode} before it "
+                    f"started; see {layout.console_log}"
+                )
+            if time.monotonic() > deadline:
+                _signal_group(child.pid, signal.SIGKILL)  # a late init would run unrecorded
+                raise ProviderError(
+                    f"the init process of instance {key!r} did not start within "
+                    f"{INIT_START_TIMEOUT_SECONDS:g} s; see {layout.console_log}"
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _stop(self, layout: InstanceLayout, marker: PowerMarker) -> None:
+        init = self._live_init(layout)
+        if init is None:
+            self._sweep_dead_init(layout)
+        else:
+            self._terminate(init)
+            layout.init_json.unlink(missing_ok=True)
+        # Stopping a deallocated instance leaves it deallocated, as in Azure.
+        if not (marker == "stopped" and _read_power_marker(layout) == "deallocated"):
+            write_file_atomically(layout.power, marker)
+
+    def _terminate(self, init: psutil.Process) -> None:
+        """SIGTERM the init's process group, then SIGKILL whatever is left after the stop timeout."""
+        try:
+            # Captured before signalling: once the init is gone its orphans are no longer its children.
+            tree = [init, *init.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        group = init.pid  # the init leads its own session, so its pid names its process group
+        _signal_group(group, signal.SIGTERM)
+        alive = wait_until_gone(tree, self._stop_timeout)
+        # Also catches group members forked after the tree was captured. Safe even once the init is
+        # gone: a group id stays reserved while the group has members, and an empty group is ESRCH.
+        _signal_group(group, signal.SIGKILL)
+        for process in alive:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
+        wait_until_gone(alive, self._stop_timeout)
+        self._reap_children()
+
+    def _sweep_dead_init(self, layout: InstanceLayout) -> None:
+        """Kill what a dead init left behind (its app, when the init itself was killed); forget it."""
+        record = _read_init_record(layout)
+        if record is None:
+            return
+        leftovers = []
+        for process in psutil.process_iter():
+            # Its process group outlives the init while members remain, so the group id cannot have been
+            # reused; the environment check guards the case where every member is gone and it was.
+            with suppress(OSError, psutil.Error):
+                in_group = os.getpgid(process.pid) == record.pid
+                if in_group and process.environ().get("SCALESET_OS_DISK") == str(layout.os_disk):
+                    process.kill()
+                    leftovers.append(process)
+        wait_until_gone(leftovers, self._stop_timeout)
+        layout.init_json.unlink(missing_ok=True)
+
+    def _live_init(self, layout: InstanceLayout) -> psutil.Process | None:
+        """The instance's init process if it runs: alive, not a zombie, and not a reused pid."""
+        record = _read_init_record(layout)
+        if record is None:
+            return None
+        try:
+            process = psutil.Process(record.pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if abs(float(process.create_time()) - record.create_time) > _CREATE_TIME_TOLERANCE_SECONDS:
+                return None
+        except psutil.Error:
+            return None
+        return process
+
+    def _reap_children(self) -> None:
+        with self._guard:
+            for pid, child in list(self._children.items()):
+                if child.poll() is not None:
+                    del self._children[pid]
+
+    # -- disks ---------------------------------------------------------------------------------------
+
+    def _replace_os_disk(self, layout: InstanceLayout, spec: InstanceSpec) -> None:
+        """Copy the image beside the OS disk, then swap it in, so a crash never leaves half a disk."""
+        for leftover in layout.root.glob(".os-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".os-new-", dir=layout.root))
+        try:
+            shutil.copytree(spec.image.path, staging, symlinks=True, dirs_exist_ok=True)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ProviderError(f"cannot copy image {spec.image.path} to a new OS disk: {exc}") from exc
+        retired = layout.root / ".os-old"
+        if layout.os_disk.exists():
+            os.replace(layout.os_disk, retired)
+        os.replace(staging, layout.os_disk)
+        write_file_atomically(layout.generation, str(spec.os_disk_generation))
+        shutil.rmtree(retired, ignore_errors=True)
+
+    # -- keys and locks ------------------------------------------------------------------------------
+
+    def _layout(self, key: str) -> InstanceLayout:
+        if not _is_valid_key(key):
+            raise ProviderError(
+                f"invalid instance key {key!r}: use segments of letters, digits and '-' (with single '.' "
+                "or '_' inside) joined by '/'"
+            )
+        return InstanceLayout(self._root / key.replace("/", "__"))
+
+    def _existing_layout(self, key: str) -> InstanceLayout:
+        layout = self._layout(key)
+        if not layout.root.is_dir():
+            raise ProviderError(f"no instance {key!r} in the local provider at {self._root}")
+        return layout
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """One action at a time per instance; different instances proceed in parallel."""
+        with self._guard:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            self._reap_children()
+            yield
+
+
+def _is_valid_key(key: str) -> bool:
+    return _KEY_PATTERN.fullmatch(key) is not None
+
+
+def _check_image(image: ImageArtifact) -> None:
+    if not image.path.is_dir():
+        raise ProviderError(f"image directory {image.path} does not exist")
+    if not image.entrypoint:
+        raise ProviderError(f"image {image.path} has no entrypoint")
+
+
+def _signal_group(group: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _read_init_record(layout: InstanceLayout) -> _InitRecord | None:
+    try:
+        data = json.loads(layout.init_json.read_text())
+        return _InitRecord(pid=int(data["pid"]), create_time=float(data["create_time"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_generation(layout: InstanceLayout) -> int | None:
+    try:
+        return int(layout.generation.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_power_marker(layout: InstanceLayout) -> PowerMarker | None:
+    try:
+        text = layout.power.read_text().strip()
+    except OSError:
+        return None
+    if text == "stopped":
+        return "stopped"
+    if text == "deallocated":
+        return "deallocated"
+    return None

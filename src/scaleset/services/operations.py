@@ -1,0 +1,161 @@
+"""Long-running operations and the per-instance tasks they are made of.
+
+An API call that changes instances commits, in one transaction, the new desired state, an Operation row
+and one Task row per instance action; only then does the engine act (persist before acting, M-26). The
+operation is finished by the engine when its last task is done.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from scaleset.domain.errors import ArmError
+from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel, Task
+
+# What the instance shows while a task for it waits or runs, as Azure's instance view shows it.
+TRANSITIONS: dict[str, tuple[str | None, str | None]] = {
+    # action: (provisioning state, power state); None leaves it as it is
+    "create": ("creating", "starting"),
+    "start": (None, "starting"),
+    "stop": (None, "stopping"),
+    "deallocate": (None, "deallocating"),
+    "restart": ("updating", "starting"),
+    "reimage": ("updating", "starting"),
+    "delete": ("deleting", "stopping"),
+}
+
+
+def start_operation(
+    session: Session,
+    *,
+    subscription: str,
+    location: str,
+    kind: str,
+    resource_id: str,
+    now: datetime,
+    payload: dict[str, Any] | None = None,
+) -> Operation:
+    operation = Operation(
+        id=str(uuid.uuid4()),
+        subscription=subscription,
+        location=location,
+        kind=kind,
+        resource_id=resource_id,
+        payload=payload or {},
+        status="InProgress",
+        error=None,
+        start_time=now,
+        end_time=None,
+    )
+    session.add(operation)
+    return operation
+
+
+def add_task(session: Session, operation: Operation, instance: Instance, action: str, now: datetime) -> Task:
+    provisioning, power = TRANSITIONS[action]
+    if provisioning is not None:
+        instance.provisioning_state = provisioning
+    if power is not None:
+        instance.power_state = power
+    instance.updated_at = now
+    session.flush()  # the instance needs its row id before a task can point at it
+    task = Task(
+        operation_id=operation.id,
+        instance_row_id=instance.id,
+        action=action,
+        status="pending",
+        error="",
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(task)
+    return task
+
+
+def finish_operation(operation: Operation, now: datetime, error: ArmError | None) -> None:
+    operation.status = "Failed" if error else "Succeeded"
+    operation.error = error.to_body() if error else None
+    operation.end_time = now
+
+
+def get_operation(session: Session, subscription: str, operation_id: str) -> Operation:
+    operation = session.get(Operation, operation_id)
+    if operation is None or operation.subscription != subscription:
+        raise ArmError(404, "NotFound", f"The operation '{operation_id}' could not be found.")
+    return operation
+
+
+def open_tasks(session: Session, operation_id: str) -> list[Task]:
+    return list(
+        session.scalars(
+            select(Task).where(Task.operation_id == operation_id, Task.status.in_(("pending", "running")))
+        )
+    )
+
+
+FAILURE_CODES = {"create": "VMProvisioningFailed", "delete": "VMDeletionFailed"}
+
+
+def complete_if_done(session: Session, operation_id: str, now: datetime) -> bool:
+    """Finish the operation when none of its tasks is left to run; True when it finished now."""
+    operation = session.get(Operation, operation_id)
+    if operation is None or operation.status != "InProgress" or open_tasks(session, operation_id):
+        return False
+    session.flush()
+    failed = list(
+        session.scalars(select(Task).where(Task.operation_id == operation_id, Task.status == "failed"))
+    )
+    error = None
+    if failed:
+        first = failed[0]
+        error = ArmError(
+            500 if first.action == "delete" else 409,
+            FAILURE_CODES.get(first.action, "InstanceOperationFailed"),
+            f"{len(failed)} instance action(s) failed; the first: {first.action}: {first.error}",
+        )
+    finish_operation(operation, now, error)
+    _finish_resources(session, operation, failed=bool(failed))
+    return True
+
+
+def _finish_resources(session: Session, operation: Operation, failed: bool) -> None:
+    """What finishing an operation means for the resources it was about."""
+    payload = operation.payload or {}
+    if operation.kind == "set_update":
+        scale_set = session.get(ScaleSet, payload.get("set_id"))
+        if scale_set is not None and scale_set.provisioning_state != "Deleting":
+            scale_set.provisioning_state = "Failed" if failed else "Succeeded"
+    elif operation.kind == "set_delete" and not failed:
+        _remove_set(session, int(payload["set_id"]))
+    elif operation.kind == "group_delete" and not failed:
+        group_id = int(payload["group_id"])
+        for set_id in list(session.scalars(select(ScaleSet.id).where(ScaleSet.group_id == group_id))):
+            _remove_set(session, set_id)
+        session.execute(delete(ResourceGroup).where(ResourceGroup.id == group_id))
+    elif operation.kind in ("set_delete", "group_delete"):
+        # An instance could not be deleted: the resources stay, marked failed, and can be deleted again.
+        for scale_set in _sets_of(session, operation):
+            scale_set.provisioning_state = "Failed"
+        group = session.get(ResourceGroup, payload.get("group_id"))
+        if group is not None:
+            group.provisioning_state = "Succeeded"
+
+
+def _sets_of(session: Session, operation: Operation) -> list[ScaleSet]:
+    payload = operation.payload or {}
+    if "set_id" in payload:
+        scale_set = session.get(ScaleSet, payload["set_id"])
+        return [scale_set] if scale_set else []
+    return list(session.scalars(select(ScaleSet).where(ScaleSet.group_id == payload.get("group_id"))))
+
+
+def _remove_set(session: Session, set_id: int) -> None:
+    session.execute(delete(Instance).where(Instance.set_id == set_id))
+    session.execute(delete(ScaleSetModel).where(ScaleSetModel.set_id == set_id))
+    session.execute(delete(ScaleSet).where(ScaleSet.id == set_id))

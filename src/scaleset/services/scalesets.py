@@ -1,0 +1,580 @@
+"""What the API asks of resource groups, scale sets and their instances.
+
+Every method validates first and then writes the whole intent in one transaction (desired state,
+operation, tasks); nothing touches an instance here. Bad input therefore changes nothing (the
+transaction never opens), and the engine picks the tasks up afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scaleset.catalog.service import ImageCatalog, image_not_found
+from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
+from scaleset.domain.placement import Placement, place_instances
+from scaleset.domain.regions import find_region
+from scaleset.domain.scaleset_spec import (
+    ImageRequest,
+    image_request,
+    merge_patch,
+    model_of,
+    models_differ,
+    validate_resource_name,
+    validate_scale_set,
+)
+from scaleset.engine.clock import Clock
+from scaleset.services.addresses import allocate_addresses
+from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
+from scaleset.store.db import Database
+from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
+
+Json = dict[str, Any]
+
+# POST actions on a set or an instance, by their lower-cased path segment, and the task each one runs.
+POWER_ACTIONS = {
+    "start": "start",
+    "poweroff": "stop",
+    "restart": "restart",
+    "deallocate": "deallocate",
+    "reimage": "reimage",
+    "reimageall": "reimageall",
+}
+
+
+def group_id_of(subscription: str, group: str) -> str:
+    return f"/subscriptions/{subscription}/resourceGroups/{group}"
+
+
+def set_id_of(subscription: str, group: str, name: str) -> str:
+    return f"{group_id_of(subscription, group)}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a write did: the resource, the operation that finishes it, and whether it was created."""
+
+    scale_set: ScaleSet
+    operation: Operation
+    created: bool = False
+
+
+class ScaleSetService:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        catalog: ImageCatalog,
+        address_pool: ipaddress.IPv4Network,
+        wake_engine: Callable[[], None],
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._catalog = catalog
+        self._pool = address_pool
+        self._wake = wake_engine
+
+    # ------------------------------------------------------------------------------- resource groups
+    def put_group(self, subscription: str, name: str, body: Any) -> tuple[ResourceGroup, bool]:
+        validate_resource_name(name)
+        if not isinstance(body, dict):
+            raise invalid("body", "The request body must be a JSON object.")
+        region = find_region(str(body.get("location") or ""))
+        if region is None:
+            raise invalid("location", f"'{body.get('location')}' is not a known location.")
+        tags = body.get("tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise invalid("tags", "Tags must be an object of strings.")
+        now = self._clock.now()
+        with self._db.write() as session:
+            group = _find_group(session, subscription, name)
+            if group is None:
+                group = ResourceGroup(
+                    subscription=subscription,
+                    name=name,
+                    name_key=name.lower(),
+                    location=region.name,
+                    tags=tags,
+                    created_at=now,
+                )
+                session.add(group)
+                return group, True
+            if group.provisioning_state == "Deleting":
+                raise operation_not_allowed(f"The resource group '{name}' is being deleted.")
+            if group.location != region.name:
+                raise ArmError(
+                    409,
+                    "InvalidResourceGroupLocation",
+                    f"Resource group '{name}' already exists in location '{group.location}'.",
+                    "location",
+                )
+            group.tags = tags
+            return group, False
+
+    def get_group(self, subscription: str, name: str) -> ResourceGroup:
+        with self._db.read() as session:
+            return _require_group(session, subscription, name)
+
+    def list_groups(self, subscription: str) -> list[ResourceGroup]:
+        with self._db.read() as session:
+            return list(
+                session.scalars(
+                    select(ResourceGroup)
+                    .where(ResourceGroup.subscription == subscription)
+                    .order_by(ResourceGroup.id)
+                )
+            )
+
+    def delete_group(self, subscription: str, name: str) -> Operation:
+        now = self._clock.now()
+        with self._db.write() as session:
+            group = _require_group(session, subscription, name)
+            group.provisioning_state = "Deleting"
+            operation = start_operation(
+                session,
+                subscription=subscription,
+                location=group.location,
+                kind="group_delete",
+                resource_id=group_id_of(subscription, group.name),
+                now=now,
+                payload={"group_id": group.id},
+            )
+            for scale_set in session.scalars(select(ScaleSet).where(ScaleSet.group_id == group.id)):
+                self._delete_instances(session, operation, scale_set, _live_instances(session, scale_set))
+                scale_set.provisioning_state = "Deleting"
+            complete_if_done(session, operation.id, now)
+        self._wake()
+        return operation
+
+    # ------------------------------------------------------------------------------------ scale sets
+    def put_set(self, subscription: str, group_name: str, name: str, body: Any) -> Change:
+        with self._db.read() as session:
+            group = _require_group(session, subscription, group_name)
+            existing = _find_set(session, group, name)
+            current = existing.document if existing else None
+        document = validate_scale_set(body, name, current)
+        return self._write_set(subscription, group_name, name, document, expected_exists=current is not None)
+
+    def patch_set(self, subscription: str, group_name: str, name: str, body: Any) -> Change:
+        with self._db.read() as session:
+            existing = _require_set(session, subscription, group_name, name)
+            current = existing.document
+        document = validate_scale_set(merge_patch(current, body), name, current)
+        return self._write_set(subscription, group_name, name, document, expected_exists=True)
+
+    def _write_set(
+        self, subscription: str, group_name: str, name: str, document: Json, expected_exists: bool
+    ) -> Change:
+        location = document["location"]
+        image = self._catalog.find(location, image_request(document))
+        if image is None:
+            raise image_not_found(location, image_request(document))
+        now = self._clock.now()
+        with self._db.write() as session:
+            group = _require_group(session, subscription, group_name)
+            scale_set = _find_set(session, group, name)
+            if (scale_set is not None) != expected_exists:
+                raise ArmError(
+                    409,
+                    "Conflict",
+                    f"The scale set '{name}' changed while it was being written; send the request again.",
+                )
+            operation = start_operation(
+                session,
+                subscription=subscription,
+                location=location,
+                kind="set_update",
+                resource_id=set_id_of(subscription, group.name, name),
+                now=now,
+            )
+            created = scale_set is None
+            if scale_set is None:
+                scale_set = ScaleSet(
+                    uid=str(uuid.uuid4()),
+                    subscription=subscription,
+                    group_id=group.id,
+                    name=name,
+                    name_key=name.lower(),
+                    location=location,
+                    document=document,
+                    model_version=1,
+                    exact_image_version=image.version,
+                    provisioning_state="Creating",
+                    next_instance_id=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(scale_set)
+                session.flush()
+                session.add(
+                    ScaleSetModel(
+                        set_id=scale_set.id,
+                        version=1,
+                        model=model_of(document),
+                        exact_image_version=image.version,
+                        created_at=now,
+                    )
+                )
+            else:
+                if scale_set.provisioning_state == "Deleting":
+                    raise operation_not_allowed(f"The scale set '{name}' is being deleted.")
+                if (
+                    models_differ(scale_set.document, document)
+                    or scale_set.exact_image_version != image.version
+                ):
+                    # A new model version: instances keep the one they run until it is applied to them.
+                    scale_set.model_version += 1
+                    scale_set.exact_image_version = image.version
+                    session.add(
+                        ScaleSetModel(
+                            set_id=scale_set.id,
+                            version=scale_set.model_version,
+                            model=model_of(document),
+                            exact_image_version=image.version,
+                            created_at=now,
+                        )
+                    )
+                scale_set.document = document
+                scale_set.provisioning_state = "Updating"
+                scale_set.updated_at = now
+            operation.payload = {"set_id": scale_set.id}
+            self._scale_to(session, operation, scale_set, int(document["sku"]["capacity"]))
+            complete_if_done(session, operation.id, now)
+        self._wake()
+        return Change(scale_set, operation, created)
+
+    def _scale_to(self, session: Session, operation: Operation, scale_set: ScaleSet, capacity: int) -> None:
+        live = _live_instances(session, scale_set)
+        if capacity > len(live):
+            self._create_instances(session, operation, scale_set, live, capacity - len(live))
+        elif capacity < len(live):
+            # Scale-in removes the highest instance IDs first and never a protected instance.
+            removable = [i for i in sorted(live, key=lambda i: -i.instance_id) if not i.protect_from_scale_in]
+            excess = len(live) - capacity
+            if len(removable) < excess:
+                raise operation_not_allowed(
+                    f"Cannot scale in to {capacity}: {len(live) - len(removable)} instances are protected "
+                    "from scale-in (protectionPolicy.protectFromScaleIn).",
+                    "sku.capacity",
+                )
+            self._delete_instances(session, operation, scale_set, removable[:excess])
+
+    def _create_instances(
+        self,
+        session: Session,
+        operation: Operation,
+        scale_set: ScaleSet,
+        live: Sequence[Instance],
+        count: int,
+    ) -> None:
+        now = self._clock.now()
+        properties = scale_set.document["properties"]
+        placements = place_instances(
+            (Placement(i.zone, i.fault_domain, i.update_domain) for i in live),
+            scale_set.document.get("zones", []),
+            int(properties["platformFaultDomainCount"]),
+            count,
+        )
+        addresses = allocate_addresses(session, self._pool, count)
+        for placement, address in zip(placements, addresses, strict=True):
+            instance = Instance(
+                set_id=scale_set.id,
+                instance_id=scale_set.next_instance_id,
+                vm_id=str(uuid.uuid4()),
+                zone=placement.zone,
+                fault_domain=placement.fault_domain,
+                update_domain=placement.update_domain,
+                address=address,
+                model_version=scale_set.model_version,
+                image_version=scale_set.exact_image_version,
+                os_disk_generation=1,
+                provisioning_state="creating",
+                power_state="starting",
+                status_message="",
+                protect_from_scale_in=False,
+                protect_from_scale_set_actions=False,
+                created_at=now,
+                updated_at=now,
+            )
+            scale_set.next_instance_id += 1
+            session.add(instance)
+            add_task(session, operation, instance, "create", now)
+
+    def _delete_instances(
+        self, session: Session, operation: Operation, scale_set: ScaleSet, instances: Sequence[Instance]
+    ) -> None:
+        now = self._clock.now()
+        for instance in instances:
+            add_task(session, operation, instance, "delete", now)
+
+    def get_set(self, subscription: str, group_name: str, name: str) -> ScaleSet:
+        with self._db.read() as session:
+            return _require_set(session, subscription, group_name, name)
+
+    def list_sets(
+        self, subscription: str, group_name: str | None = None, location: str | None = None
+    ) -> list[ScaleSet]:
+        with self._db.read() as session:
+            query = select(ScaleSet).where(ScaleSet.subscription == subscription).order_by(ScaleSet.id)
+            if group_name is not None:
+                query = query.where(ScaleSet.group_id == _require_group(session, subscription, group_name).id)
+            if location is not None:
+                query = query.where(ScaleSet.location == location.replace(" ", "").lower())
+            return list(session.scalars(query))
+
+    def delete_set(self, subscription: str, group_name: str, name: str) -> Operation:
+        now = self._clock.now()
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            group = session.get(ResourceGroup, scale_set.group_id)
+            assert group is not None
+            operation = start_operation(
+                session,
+                subscription=subscription,
+                location=scale_set.location,
+                kind="set_delete",
+                resource_id=set_id_of(subscription, group.name, name),
+                now=now,
+                payload={"set_id": scale_set.id},
+            )
+            scale_set.provisioning_state = "Deleting"
+            self._delete_instances(session, operation, scale_set, _live_instances(session, scale_set))
+            complete_if_done(session, operation.id, now)
+        self._wake()
+        return operation
+
+    # ------------------------------------------------------------------------------------- instances
+    def set_action(self, subscription: str, group_name: str, name: str, action: str, body: Any) -> Operation:
+        """A POST action on a set's instances (`instanceIds` omitted or '*' means all of them)."""
+        requested = _instance_ids(body, required=action == "delete")
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            live = _live_instances(session, scale_set)
+            chosen = _choose_instances(live, requested)
+            if requested is None:
+                # A set-wide action leaves instances protected from scale-set actions alone.
+                chosen = [i for i in chosen if not i.protect_from_scale_set_actions]
+            exact_version = _exact_version(body) if action in ("reimage", "reimageall") else None
+            return self._instance_operation(session, scale_set, chosen, action, exact_version)
+
+    def vm_action(
+        self, subscription: str, group_name: str, name: str, instance_id: str, action: str, body: Any = None
+    ) -> Operation:
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            instance = _require_instance(session, scale_set, instance_id)
+            exact_version = _exact_version(body) if action in ("reimage", "reimageall") else None
+            return self._instance_operation(session, scale_set, [instance], action, exact_version)
+
+    def _instance_operation(
+        self,
+        session: Session,
+        scale_set: ScaleSet,
+        instances: Sequence[Instance],
+        action: str,
+        exact_version: str | None,
+    ) -> Operation:
+        now = self._clock.now()
+        if scale_set.provisioning_state == "Deleting":
+            raise operation_not_allowed(f"The scale set '{scale_set.name}' is being deleted.")
+        group = session.get(ResourceGroup, scale_set.group_id)
+        assert group is not None
+        operation = start_operation(
+            session,
+            subscription=scale_set.subscription,
+            location=scale_set.location,
+            kind="instances",
+            resource_id=set_id_of(scale_set.subscription, group.name, scale_set.name),
+            now=now,
+            payload={"set_id": scale_set.id, "action": action},
+        )
+        if exact_version is not None:
+            self._check_image_version(scale_set, exact_version)
+        for instance in instances:
+            if action in ("reimage", "reimageall"):
+                instance.os_disk_generation += 1
+                if exact_version is not None:
+                    instance.image_version = exact_version
+            add_task(session, operation, instance, "delete" if action == "delete" else action, now)
+        complete_if_done(session, operation.id, now)
+        self._wake()
+        return operation
+
+    def _check_image_version(self, scale_set: ScaleSet, version: str) -> None:
+        requested = image_request(scale_set.document)
+        exact = ImageRequest(requested.publisher, requested.offer, requested.sku, version)
+        if self._catalog.find(scale_set.location, exact) is None:
+            raise image_not_found(scale_set.location, exact)
+
+    def delete_vm(self, subscription: str, group_name: str, name: str, instance_id: str) -> Operation:
+        return self.vm_action(subscription, group_name, name, instance_id, "delete")
+
+    def update_vm(
+        self, subscription: str, group_name: str, name: str, instance_id: str, body: Any
+    ) -> Operation:
+        """VM PUT: scaleset lets a client change the instance's `protectionPolicy`; the rest of an
+        instance comes from its set's model."""
+        if not isinstance(body, dict):
+            raise invalid("body", "The request body must be a JSON object.")
+        policy = (body.get("properties") or {}).get("protectionPolicy") or {}
+        if not isinstance(policy, dict):
+            raise invalid("properties.protectionPolicy", "'protectionPolicy' must be an object.")
+        flags: dict[str, bool] = {}
+        for key in ("protectFromScaleIn", "protectFromScaleSetActions"):
+            if key in policy:
+                if not isinstance(policy[key], bool):
+                    raise invalid(f"properties.protectionPolicy.{key}", f"'{key}' must be true or false.")
+                flags[key] = policy[key]
+        now = self._clock.now()
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            instance = _require_instance(session, scale_set, instance_id)
+            instance.protect_from_scale_in = flags.get("protectFromScaleIn", instance.protect_from_scale_in)
+            instance.protect_from_scale_set_actions = flags.get(
+                "protectFromScaleSetActions", instance.protect_from_scale_set_actions
+            )
+            instance.updated_at = now
+            group = session.get(ResourceGroup, scale_set.group_id)
+            assert group is not None
+            operation = start_operation(
+                session,
+                subscription=subscription,
+                location=scale_set.location,
+                kind="instances",
+                resource_id=set_id_of(subscription, group.name, scale_set.name),
+                now=now,
+                payload={"set_id": scale_set.id},
+            )
+            finish_operation(operation, now, None)
+            return operation
+
+    def list_instances(
+        self, subscription: str, group_name: str, name: str
+    ) -> tuple[ScaleSet, list[Instance]]:
+        with self._db.read() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            instances = list(
+                session.scalars(
+                    select(Instance).where(Instance.set_id == scale_set.id).order_by(Instance.instance_id)
+                )
+            )
+            return scale_set, instances
+
+    def get_instance(
+        self, subscription: str, group_name: str, name: str, instance_id: str
+    ) -> tuple[ScaleSet, Instance]:
+        with self._db.read() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            return scale_set, _require_instance(session, scale_set, instance_id)
+
+    def model_for(self, scale_set: ScaleSet, version: int) -> Json:
+        with self._db.read() as session:
+            row = session.get(ScaleSetModel, (scale_set.id, version))
+            assert row is not None, "every instance's model version is kept"
+            return row.model
+
+    def group_name_of(self, scale_set: ScaleSet) -> str:
+        with self._db.read() as session:
+            group = session.get(ResourceGroup, scale_set.group_id)
+            assert group is not None
+            return group.name
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _find_group(session: Session, subscription: str, name: str) -> ResourceGroup | None:
+    return session.scalars(
+        select(ResourceGroup).where(
+            ResourceGroup.subscription == subscription, ResourceGroup.name_key == name.lower()
+        )
+    ).first()
+
+
+def _require_group(session: Session, subscription: str, name: str) -> ResourceGroup:
+    group = _find_group(session, subscription, name)
+    if group is None:
+        raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
+    return group
+
+
+def _find_set(session: Session, group: ResourceGroup, name: str) -> ScaleSet | None:
+    return session.scalars(
+        select(ScaleSet).where(ScaleSet.group_id == group.id, ScaleSet.name_key == name.lower())
+    ).first()
+
+
+def _require_set(session: Session, subscription: str, group_name: str, name: str) -> ScaleSet:
+    group = _require_group(session, subscription, group_name)
+    scale_set = _find_set(session, group, name)
+    if scale_set is None:
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{name}' "
+            f"under resource group '{group.name}' was not found.",
+        )
+    return scale_set
+
+
+def _live_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
+    """Instances that count towards capacity: all but those on their way out."""
+    return list(
+        session.scalars(
+            select(Instance)
+            .where(Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting")
+            .order_by(Instance.instance_id)
+        )
+    )
+
+
+def _require_instance(session: Session, scale_set: ScaleSet, instance_id: str) -> Instance:
+    instance = None
+    if instance_id.isdigit():
+        instance = session.scalars(
+            select(Instance).where(Instance.set_id == scale_set.id, Instance.instance_id == int(instance_id))
+        ).first()
+    if instance is None:
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"The instance '{instance_id}' of scale set '{scale_set.name}' was not found.",
+        )
+    return instance
+
+
+def _instance_ids(body: Any, required: bool) -> list[str] | None:
+    """`instanceIds` of a POST body; None means every instance."""
+    if body is None or (isinstance(body, dict) and body.get("instanceIds") is None):
+        if required:
+            raise invalid("instanceIds", "'instanceIds' is required.")
+        return None
+    if not isinstance(body, dict):
+        raise invalid("body", "The request body must be a JSON object.")
+    ids = body["instanceIds"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise invalid("instanceIds", "'instanceIds' must be a list of instance ID strings.")
+    return None if "*" in ids else ids
+
+
+def _choose_instances(live: Sequence[Instance], requested: list[str] | None) -> list[Instance]:
+    if requested is None:
+        return list(live)
+    by_id = {str(i.instance_id): i for i in live}
+    unknown = [i for i in requested if i not in by_id]
+    if unknown:
+        raise invalid("instanceIds", f"The scale set has no instance with ID {', '.join(unknown)}.")
+    return [by_id[i] for i in dict.fromkeys(requested)]
+
+
+def _exact_version(body: Any) -> str | None:
+    if not isinstance(body, dict) or body.get("exactVersion") is None:
+        return None
+    version = body["exactVersion"]
+    if not isinstance(version, str) or not version:
+        raise invalid("exactVersion", "'exactVersion' must be an image version string.")
+    return version

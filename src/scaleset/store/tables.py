@@ -1,0 +1,145 @@
+"""The tables. Resource documents are kept as JSON (the validated wire shape), with the columns we query
+on beside them; the schema itself is owned by the Alembic migrations in `store/migrations`.
+
+Names are stored as given and matched through a lower-cased `*_key` column, because ARM names are
+case-insensitive but case-preserving.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime]
+
+
+class ResourceGroup(Base):
+    __tablename__ = "resource_groups"
+    __table_args__ = (UniqueConstraint("subscription", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(90))
+    name_key: Mapped[str] = mapped_column(String(90))
+    location: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[dict[str, Any]]
+    provisioning_state: Mapped[str] = mapped_column(String(16), default="Succeeded")
+    created_at: Mapped[datetime]
+
+
+class ScaleSet(Base):
+    __tablename__ = "scale_sets"
+    __table_args__ = (UniqueConstraint("group_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    subscription: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("resource_groups.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    name_key: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64), index=True)
+    document: Mapped[dict[str, Any]]
+    model_version: Mapped[int] = mapped_column(Integer, default=1)
+    exact_image_version: Mapped[str] = mapped_column(String(64))
+    provisioning_state: Mapped[str] = mapped_column(String(16))
+    next_instance_id: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ScaleSetModel(Base):
+    """Every model version a set has had, so an instance can be told which one it runs (and, later,
+    be rolled back to the one before)."""
+
+    __tablename__ = "scale_set_models"
+    set_id: Mapped[int] = mapped_column(ForeignKey("scale_sets.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[dict[str, Any]]
+    exact_image_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("set_id", "instance_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("scale_sets.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(Integer)
+    vm_id: Mapped[str] = mapped_column(String(36))
+    zone: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    fault_domain: Mapped[int] = mapped_column(Integer)
+    update_domain: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(45), unique=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+    image_version: Mapped[str] = mapped_column(String(64))
+    os_disk_generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Azure's words: ProvisioningState/creating|updating|succeeded|failed|deleting,
+    # PowerState/starting|running|stopping|stopped|deallocating|deallocated|unknown.
+    provisioning_state: Mapped[str] = mapped_column(String(16))
+    power_state: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    protect_from_scale_in: Mapped[bool] = mapped_column(Boolean, default=False)
+    protect_from_scale_set_actions: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Operation(Base):
+    """A long-running operation as ARM shows it; `kind` and `payload` say what finishing it means."""
+
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))  # InProgress | Succeeded | Failed | Canceled
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    start_time: Mapped[datetime]
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Task(Base):
+    """One provider action on one instance, committed before the provider is called (M-26)."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_status_instance", "status", "instance_row_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"), index=True)
+    instance_row_id: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | done | failed
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("location", "publisher_key", "offer_key", "sku_key", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    location: Mapped[str] = mapped_column(String(64))
+    publisher: Mapped[str] = mapped_column(String(128))
+    publisher_key: Mapped[str] = mapped_column(String(128))
+    offer: Mapped[str] = mapped_column(String(128))
+    offer_key: Mapped[str] = mapped_column(String(128))
+    sku: Mapped[str] = mapped_column(String(128))
+    sku_key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]]
+    path: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime]

@@ -1,0 +1,182 @@
+"""Helpers the tests share: a real `scaleset serve` process and SDK clients pointed at it."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_IMAGES = REPO / "examples" / "images"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def random_pool() -> str:
+    # Each server gets its own /16 of loopback so parallel servers never hand out the same address.
+    return f"127.{random.randint(60, 250)}.0.0/16"
+
+
+@dataclass
+class ServerProcess:
+    """A `scaleset serve` in its own process, with its own data directory and address pool."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    pool: str = field(default_factory=random_pool)
+    extra_args: tuple[str, ...] = ()
+    tls: bool = False
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def subscription(self) -> str:
+        return SUBSCRIPTION
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SCALESET_ENDPOINT": self.endpoint,
+            "SCALESET_TOKEN": self.admin_token,
+            "SCALESET_DATA_DIR": str(self.data_dir),
+        }
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_cert)) if self.tls else True
+
+    def start(self) -> ServerProcess:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        command = [
+            sys.executable,
+            "-m",
+            "scaleset.cli.main",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--address-pool",
+            self.pool,
+            "--log-level",
+            "warning",
+            *(["--tls"] if self.tls else []),
+            *self.extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"scaleset serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                verify: Any = self.verify
+                if httpx.get(f"{self.endpoint}/scaleset/health", timeout=1, verify=verify).status_code == 200:
+                    return self
+            except (httpx.TransportError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("scaleset serve did not answer within 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: instances keep running, nothing is cleaned up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.endpoint,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token or self.admin_token}"},
+            verify=self.verify,
+        )
+
+    def publish(
+        self,
+        directory: Path,
+        *,
+        location: str = "eastus",
+        publisher: str = "scaleset",
+        offer: str = "webapp",
+        sku: str = "stable",
+        version: str,
+    ) -> httpx.Response:
+        from scaleset.catalog.artifacts import pack_directory
+
+        with self.client() as client:
+            return client.post(
+                "/scaleset/admin/images",
+                content=pack_directory(directory),
+                params={
+                    "location": location,
+                    "publisher": publisher,
+                    "offer": offer,
+                    "sku": sku,
+                    "version": version,
+                },
+                headers={"Content-Type": "application/gzip"},
+            )
+
+
+def remove_leftover_instances(data_dir: Path) -> list[str]:
+    """Stop every instance still on disk (a failed test leaves some) and say which there were."""
+    from scaleset.providers.local import LocalProvider
+
+    root = data_dir / "instances"
+    if not root.exists():
+        return []
+    provider = LocalProvider(root)
+    keys = list(provider.list_instance_keys())
+    for key in keys:
+        provider.delete_instance(key)
+    return keys
+
+
+def new_data_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def dispose(server: ServerProcess) -> list[str]:
+    server.stop()
+    leftovers = remove_leftover_instances(server.data_dir)
+    shutil.rmtree(server.data_dir, ignore_errors=True)
+    return leftovers
