@@ -207,6 +207,51 @@ def test_model_change_marks_instances_not_latest(compute: ComputeManagementClien
     assert fresh.storage_profile.image_reference.exact_version == "1.1.0"
 
 
+def test_lists_by_group_subscription_and_location(compute: ComputeManagementClient) -> None:
+    sets = compute.virtual_machine_scale_sets
+    assert [s.name for s in sets.list(GROUP)] == [SET]
+    assert SET in [s.name for s in sets.list_all()]
+    assert SET in [s.name for s in sets.list_by_location("eastus")]
+    assert [s.name for s in sets.list_by_location("westeurope")] == []
+
+
+def test_set_instance_view_summarises_states(compute: ComputeManagementClient) -> None:
+    view = compute.virtual_machine_scale_sets.get_instance_view(GROUP, SET)
+    counts = {s.code: s.count for s in view.virtual_machine.statuses_summary}
+    assert counts == {"PowerState/running": 4, "ProvisioningState/succeeded": 4}
+
+
+def test_deallocate_and_delete_instances(compute: ComputeManagementClient) -> None:
+    sets, vms = compute.virtual_machine_scale_sets, compute.virtual_machine_scale_set_vms
+    sets.begin_deallocate(GROUP, SET, {"instanceIds": ["9"]}).result()
+    assert vms.get_instance_view(GROUP, SET, "9").statuses[1].code == "PowerState/deallocated"
+
+    sets.begin_delete_instances(GROUP, SET, {"instanceIds": ["9"]}).result()
+    vms.begin_delete(GROUP, SET, "8").result()
+
+    assert instance_ids(compute) == ["0", "2"]
+    # Deleted instances lower the capacity, as on Azure, so the next PUT does not bring them back.
+    assert sets.get(GROUP, SET).sku.capacity == 2
+    with pytest.raises(ResourceNotFoundError):
+        vms.get(GROUP, SET, "9")
+
+
+def test_manual_upgrade_applies_the_latest_model(published: ServerProcess,
+                                                 compute: ComputeManagementClient) -> None:
+    """M-3: GET the model, change the version, PUT/PATCH it, then manualupgrade with '*'."""
+    address = addresses(published)["0"]
+    wait_for_app(address)
+    assert httpx.put(f"http://{address}:8080/files/data/0/kept.txt", content=b"kept").status_code < 300
+
+    compute.virtual_machine_scale_sets.begin_update_instances(GROUP, SET, {"instanceIds": ["*"]}).result()
+
+    vms = list(compute.virtual_machine_scale_set_vms.list(GROUP, SET))
+    assert all(vm.latest_model_applied for vm in vms)
+    assert {vm.storage_profile.image_reference.exact_version for vm in vms} == {"1.1.0"}
+    assert wait_for_app(address).json()["version"] == "1.1.0"
+    assert wait_for_app(address, "/files/data/0/kept.txt").content == b"kept"
+
+
 def test_restart_of_the_server_readopts_the_same_instances(
     published: ServerProcess, compute: ComputeManagementClient
 ) -> None:

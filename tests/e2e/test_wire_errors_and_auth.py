@@ -130,6 +130,11 @@ def assert_error(response: httpx.Response, status: int, code: str, target: str |
             "InvalidParameter",
             "properties.platformFaultDomainCount",
         ),
+        (
+            {"properties__virtualMachineProfile__storageProfile__imageReference__version": "1.x"},
+            "InvalidParameter",
+            "properties.virtualMachineProfile.storageProfile.imageReference.version",
+        ),
     ],
 )
 def test_bad_scale_set_bodies_are_refused_and_create_nothing(

@@ -110,6 +110,8 @@ def scale_set_action(
     verb = action.lower()
     if verb == "delete":
         operation = c.scalesets.set_action(subscription, group, name, "delete", body)
+    elif verb == "manualupgrade":
+        operation = c.scalesets.manual_upgrade(subscription, group, name, body)
     elif verb in POWER_ACTIONS:
         operation = c.scalesets.set_action(subscription, group, name, POWER_ACTIONS[verb], body)
     else:

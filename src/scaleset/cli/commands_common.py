@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from scaleset.cli.client import ApiClient, CaCertError, ClientConfig, resolve_token
+from scaleset.cli.client import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_SUBSCRIPTION,
+    ApiClient,
+    CaCertError,
+    ClientConfig,
+    resolve_token,
+)
 from scaleset.cli.output import Column, OutputFormat, render
 
 
@@ -49,9 +56,9 @@ def state(ctx: typer.Context) -> State:
     obj = ctx.find_object(State)
     if obj is None:  # a command run without the root callback (an embedding, a test)
         obj = State(
-            endpoint="http://127.0.0.1:8420",
+            endpoint=DEFAULT_ENDPOINT,
             token=None,
-            subscription="00000000-0000-0000-0000-000000000000",
+            subscription=DEFAULT_SUBSCRIPTION,
             ca_cert=None,
             output=OutputFormat.json,
         )

@@ -606,9 +606,9 @@ def reimage(
     no_wait: NoWaitOption = False,
 ) -> None:
     """Reimage instances: a fresh OS disk from their image; data disks are kept."""
-    # As az does: with ids, POST reimageall {instanceIds}; without, POST reimage.
-    action = "reimageall" if _instance_ids(instance_ids) is not None else "reimage"
-    _run_action(ctx, group, name, action, instance_ids, no_wait)
+    # az sends `reimageall` when given instance ids, but Azure documents reimageAll as renewing the data
+    # disks too; we always send `reimage`, which keeps them, as this command promises.
+    _run_action(ctx, group, name, "reimage", instance_ids, no_wait)
 
 
 @app.command("update-instances")

@@ -22,7 +22,7 @@ from scaleset.cli.paths import normalize_argv
 
 
 def serve_command() -> Any:
-    """The `serve` command, built from the lead's `scaleset.cli.serve.serve`."""
+    """The `serve` command, built from `scaleset.cli.serve.serve` (imported only now)."""
     from scaleset.cli.serve import serve
 
     serve_app = typer.Typer()

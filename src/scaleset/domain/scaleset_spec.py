@@ -24,6 +24,7 @@ from scaleset.domain.durations import parse_duration
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.placement import DEFAULT_FAULT_DOMAIN_COUNT, MAX_FAULT_DOMAIN_COUNT
 from scaleset.domain.regions import Region, find_region
+from scaleset.domain.versions import ImageVersion, is_latest
 
 Json = dict[str, Any]
 
@@ -222,6 +223,11 @@ def _validate_image_reference(raw: Any, target: str) -> Json:
         )
     for key in ("publisher", "offer", "sku", "version"):
         reference[key] = _string(reference.get(key), f"{target}.{key}")
+    if not is_latest(reference["version"]):
+        try:
+            ImageVersion.parse(reference["version"])
+        except ValueError as error:
+            raise invalid(f"{target}.version", f"{error}; or use 'latest'.") from None
     return reference
 
 

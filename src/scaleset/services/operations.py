@@ -26,6 +26,7 @@ TRANSITIONS: dict[str, tuple[str | None, str | None]] = {
     "deallocate": (None, "deallocating"),
     "restart": ("updating", "starting"),
     "reimage": ("updating", "starting"),
+    "reimageall": ("updating", "starting"),
     "delete": ("deleting", "stopping"),
 }
 

@@ -7,6 +7,7 @@ transaction never opens), and the engine picks the tasks up afterwards.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import uuid
 from collections.abc import Callable, Sequence
@@ -363,6 +364,26 @@ class ScaleSetService:
             exact_version = _exact_version(body) if action in ("reimage", "reimageall") else None
             return self._instance_operation(session, scale_set, chosen, action, exact_version)
 
+    def manual_upgrade(self, subscription: str, group_name: str, name: str, body: Any) -> Operation:
+        """`manualupgrade`: bring the chosen instances to the set's latest model (M-3).
+
+        Every model difference scaleset knows today (image, OS profile, data disks) lives on the OS disk,
+        so applying a model is a reimage onto the model's image; instances already on the latest model
+        are left alone.
+        """
+        requested = _instance_ids(body, required=True)
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group_name, name)
+            stale = [
+                instance
+                for instance in _choose_instances(_live_instances(session, scale_set), requested)
+                if instance.model_version != scale_set.model_version
+            ]
+            for instance in stale:
+                instance.model_version = scale_set.model_version
+                instance.image_version = scale_set.exact_image_version
+            return self._instance_operation(session, scale_set, stale, "reimage", None)
+
     def vm_action(
         self, subscription: str, group_name: str, name: str, instance_id: str, action: str, body: Any = None
     ) -> Operation:
@@ -383,6 +404,8 @@ class ScaleSetService:
         now = self._clock.now()
         if scale_set.provisioning_state == "Deleting":
             raise operation_not_allowed(f"The scale set '{scale_set.name}' is being deleted.")
+        if exact_version is not None:
+            self._check_image_version(scale_set, exact_version)
         group = session.get(ResourceGroup, scale_set.group_id)
         assert group is not None
         operation = start_operation(
@@ -394,14 +417,17 @@ class ScaleSetService:
             now=now,
             payload={"set_id": scale_set.id, "action": action},
         )
-        if exact_version is not None:
-            self._check_image_version(scale_set, exact_version)
         for instance in instances:
             if action in ("reimage", "reimageall"):
                 instance.os_disk_generation += 1
                 if exact_version is not None:
                     instance.image_version = exact_version
-            add_task(session, operation, instance, "delete" if action == "delete" else action, now)
+            add_task(session, operation, instance, action, now)
+        if action == "delete" and instances:
+            # Deleting instances lowers the capacity, as on Azure, so they do not come back on the next PUT.
+            document = copy.deepcopy(scale_set.document)
+            document["sku"]["capacity"] = max(0, int(document["sku"]["capacity"]) - len(instances))
+            scale_set.document = document
         complete_if_done(session, operation.id, now)
         self._wake()
         return operation
