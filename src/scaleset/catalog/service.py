@@ -42,7 +42,7 @@ def image_not_found(location: str, request: ImageRequest) -> ArmError:
         "PlatformImageNotFound",
         f"The platform image '{request.urn}' is not available in location '{location}'. "
         "List what is published with GET .../publishers/{publisher}/artifacttypes/vmimage/offers/{offer}"
-        "/skus/{sku}/versions or `scaleset vm image list --all`.",
+        "/skus/{sku}/versions or `scaleset vm image list --all -l <location>`.",
         "properties.virtualMachineProfile.storageProfile.imageReference",
     )
 

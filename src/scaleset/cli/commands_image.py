@@ -235,8 +235,8 @@ def publish(
     sku: Annotated[str, typer.Option("--sku", "-s")],
     version: Annotated[str, typer.Option("--version", help="Version, e.g. 1.0.0.")],
 ) -> None:
-    """Publish an image version (needs an admin token). Sets on `latest` with automatic OS upgrades
-    enabled pick it up."""
+    """Publish an image version (needs an admin token): a directory or a .tar/.tar.gz/.zip with a
+    scaleset-image.json manifest. New scale sets and scale-outs on `latest` use it."""
     content, content_type = read_image(path)
     params = {"location": location, "publisher": publisher, "offer": offer, "sku": sku, "version": version}
     api = client(ctx)

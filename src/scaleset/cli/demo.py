@@ -86,7 +86,7 @@ def _run_demo(endpoint: str, token_path: Path, ca_cert: str | None) -> None:
         "  scaleset vmss update -g demo -n web \\\n"
         "      --set virtualMachineProfile.storageProfile.imageReference.version=1.1.0\n"
         "  scaleset vmss reimage -g demo -n web --instance-ids 0\n"
-        "  scaleset vm image list --all -p scaleset -o table\n"
+        "  scaleset vm image list --all -l eastus -p scaleset -o table\n"
         "  scaleset group delete -n demo --yes      # stops every instance and removes its disks"
     )
 
