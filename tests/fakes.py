@@ -329,4 +329,3 @@ def _utc(when: datetime) -> datetime:
     if when.tzinfo is None:
         raise ValueError("FakeClock needs a timezone-aware datetime")
     return when.astimezone(UTC)
-

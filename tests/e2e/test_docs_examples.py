@@ -23,7 +23,9 @@ def python_blocks(document: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_server() -> Iterator[ServerProcess]:
-    server = ServerProcess(new_data_dir("scaleset-demo-"), extra_args=("--demo", "--log-level", "info")).start()
+    server = ServerProcess(
+        new_data_dir("scaleset-demo-"), extra_args=("--demo", "--log-level", "info")
+    ).start()
     try:
         deadline = time.monotonic() + 60
         assert server.log_path is not None
@@ -37,8 +39,9 @@ def demo_server() -> Iterator[ServerProcess]:
 
 
 def run_example(server: ServerProcess, code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], env=server.env, capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=server.env, capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -236,8 +236,9 @@ def test_deallocate_and_delete_instances(compute: ComputeManagementClient) -> No
         vms.get(GROUP, SET, "9")
 
 
-def test_manual_upgrade_applies_the_latest_model(published: ServerProcess,
-                                                 compute: ComputeManagementClient) -> None:
+def test_manual_upgrade_applies_the_latest_model(
+    published: ServerProcess, compute: ComputeManagementClient
+) -> None:
     """M-3: GET the model, change the version, PUT/PATCH it, then manualupgrade with '*'."""
     address = addresses(published)["0"]
     wait_for_app(address)

@@ -7,7 +7,7 @@ it only because it passes the suite below.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -108,13 +108,14 @@ def test_fail_always_keeps_failing_until_cleared(fake: FakeProvider, spec_for: S
 
 
 def test_actions_on_a_missing_instance_are_provider_errors(fake: FakeProvider, spec_for: SpecFactory) -> None:
-    for act in (
+    acts: list[Callable[[], None]] = [
         lambda: fake.start_instance(spec_for(KEY)),
         lambda: fake.stop_instance(KEY),
         lambda: fake.deallocate_instance(KEY),
         lambda: fake.restart_instance(spec_for(KEY)),
         lambda: fake.reimage_instance(spec_for(KEY, generation=2)),
-    ):
+    ]
+    for act in acts:
         with pytest.raises(ProviderError, match="no instance"):
             act()
 

@@ -7,6 +7,7 @@ pass runs and nothing happens behind its back. M-numbers refer to spec/mission.m
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from scaleset.catalog.service import ImageCoordinates
 from scaleset.domain.errors import ArmError
 from scaleset.engine.executor import computer_name
 from scaleset.providers.base import InstanceState
+from scaleset.services.scalesets import ScaleSetService
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel, Task
 from tests.fakes import FakeClock, FakeProvider, GatePoint
 
@@ -105,7 +107,7 @@ class Env:
     root: Path
 
     @property
-    def service(self) -> Any:
+    def service(self) -> ScaleSetService:
         return self.container.scalesets
 
     def create_set(self, capacity: int, *, settle: bool = True, name: str = NAME) -> Operation:
@@ -145,8 +147,8 @@ class Env:
         operation: Operation = self.service.set_action(SUB, GROUP, NAME, action, body)
         return operation
 
-    def snapshot(self) -> tuple[int, int, list[tuple[int, str, str, int, str]], int, int]:
-        """What a refused request must leave as it was: rows, instance states, set model."""
+    def snapshot(self) -> tuple[int, int, list[tuple[int, str, str, int, str]], int, str]:
+        """What a refused request must leave as it was: rows, instance states, the set's model."""
         rows = [
             (i.instance_id, i.provisioning_state, i.power_state, i.os_disk_generation, i.image_version)
             for i in self.instances()
@@ -157,7 +159,7 @@ class Env:
             count(self.container, Task),
             rows,
             scale_set.model_version,
-            int(scale_set.document["sku"]["capacity"]),
+            json.dumps(scale_set.document, sort_keys=True),
         )
 
 
@@ -166,13 +168,26 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with the schema, images 1.0.0 and 1.1.0 and the group, made once per module and
+    copied for each test (the image rows point at this directory's image files, which stay put)."""
+    root = tmp_path_factory.mktemp("prepared")
+    container = make_container(root / "data", FakeProvider(), FakeClock())
+    try:
+        publish(container, root, "1.0.0")
+        publish(container, root, "1.1.0")
+        container.scalesets.put_group(SUB, GROUP, {"location": "eastus"})
+    finally:
+        container.close()
+    return root / "data"
+
+
 @pytest.fixture
-def env(tmp_path: Path, clock: FakeClock) -> Iterator[Env]:
+def env(tmp_path: Path, clock: FakeClock, prepared: Path) -> Iterator[Env]:
+    shutil.copytree(prepared, tmp_path / "data")
     fake = FakeProvider()
     container = make_container(tmp_path / "data", fake, clock)
-    publish(container, tmp_path, "1.0.0")
-    publish(container, tmp_path, "1.1.0")
-    container.scalesets.put_group(SUB, GROUP, {"location": "eastus"})
     try:
         yield Env(container, fake, clock, tmp_path)
     finally:
@@ -543,8 +558,9 @@ def test_deleting_a_group_during_a_scale_in_leaves_no_instance_behind(env: Env) 
 
 
 def test_deleting_a_set_during_a_scale_in_leaves_no_instance_behind(env: Env) -> None:
-    env.create_set(3)
-    scale(env, 1)
+    """As above for one set: scaled to 0, so the set delete finds no live instance of its own to wait for."""
+    env.create_set(2)
+    scale(env, 0)
 
     env.service.delete_set(SUB, GROUP, NAME)
     drain(env.container)
@@ -553,15 +569,152 @@ def test_deleting_a_set_during_a_scale_in_leaves_no_instance_behind(env: Env) ->
     assert env.fake.list_instance_keys() == []
 
 
+def test_deleting_a_set_twice_leaves_no_instance_behind(env: Env) -> None:
+    """A client retrying DELETE before the first one finished must not orphan the instances."""
+    env.create_set(2)
+
+    env.service.delete_set(SUB, GROUP, NAME)
+    env.service.delete_set(SUB, GROUP, NAME)
+    drain(env.container)
+
+    assert count(env.container, Instance) == 0
+    assert env.fake.list_instance_keys() == []
+
+
+def test_no_set_can_be_created_in_a_group_being_deleted(env: Env) -> None:
+    """Otherwise the group's delete removes the new set's rows when it finishes, and the instances the
+    engine created for it stay behind in the provider."""
+    env.create_set(1)
+    env.service.delete_group(SUB, GROUP)
+
+    with pytest.raises(ArmError) as caught:
+        env.service.put_set(SUB, GROUP, "late", set_body(1))
+
+    assert caught.value.status == 409
+    drain(env.container)
+    assert env.fake.list_instance_keys() == []
+
+
+def test_a_failed_instance_delete_keeps_the_set_and_it_can_be_deleted_again(env: Env) -> None:
+    env.create_set(2)
+    env.fake.fail_next("delete", env.key(1), "disk is busy")
+
+    operation = env.service.delete_set(SUB, GROUP, NAME)
+    drain(env.container)
+
+    row = env.operation(operation.id)
+    assert row.status == "Failed" and row.error is not None
+    assert (row.error["code"], "disk is busy" in row.error["message"]) == ("VMDeletionFailed", True)
+    assert env.scale_set().provisioning_state == "Failed"
+    assert [(i.instance_id, i.provisioning_state) for i in env.instances()] == [(1, "failed")]
+
+    again = env.service.delete_set(SUB, GROUP, NAME)
+    drain(env.container)
+
+    assert env.operation(again.id).status == "Succeeded"
+    assert env.service.list_sets(SUB, GROUP) == []
+    assert env.fake.list_instance_keys() == []
+
+
+def test_deleting_instances_lowers_the_capacity(env: Env) -> None:
+    env.create_set(3)
+
+    operation = env.action("delete", {"instanceIds": ["1"]})
+    drain(env.container)
+
+    assert env.operation(operation.id).status == "Succeeded"
+    assert env.scale_set().document["sku"]["capacity"] == 2
+    assert_settled(env, [0, 2])
+    # A PUT of the set as it is now does not bring the instance back.
+    env.service.put_set(SUB, GROUP, NAME, set_body(2))
+    drain(env.container)
+    assert_settled(env, [0, 2])
+
+
+def test_delete_action_needs_instance_ids(env: Env) -> None:
+    env.create_set(1)
+
+    with pytest.raises(ArmError) as caught:
+        env.action("delete", None)
+
+    assert (caught.value.status, caught.value.target) == (400, "instanceIds")
+
+
+# -- manual upgrade policy (M-3, M-4) ------------------------------------------------------------------------
+
+
+def test_manual_mode_leaves_running_instances_on_the_old_model(env: Env) -> None:
+    """M-4 Manual: a model change touches no existing instance; new instances get the new model."""
+    env.create_set(2)
+    new_image = {"virtualMachineProfile": {"storageProfile": {"imageReference": {"version": "1.1.0"}}}}
+
+    scale(env, 3, properties=new_image)
+    drain(env.container)
+
+    assert env.scale_set().model_version == 2
+    assert [(i.model_version, i.image_version) for i in env.instances()] == [
+        (1, "1.0.0"),
+        (1, "1.0.0"),
+        (2, "1.1.0"),
+    ]
+    assert sorted(env.fake.verbs()) == ["create"] * 3
+
+
+def test_manual_upgrade_brings_chosen_instances_to_the_latest_model(env: Env) -> None:
+    """M-3: update-instances with chosen IDs, then with '*' (only stale instances are touched)."""
+    env.create_set(3)
+    env.service.patch_set(
+        SUB,
+        GROUP,
+        NAME,
+        {
+            "properties": {
+                "virtualMachineProfile": {"storageProfile": {"imageReference": {"version": "1.1.0"}}}
+            }
+        },
+    )
+    drain(env.container)
+
+    env.service.manual_upgrade(SUB, GROUP, NAME, {"instanceIds": ["1"]})
+    drain(env.container)
+    assert [(i.model_version, i.image_version) for i in env.instances()] == [
+        (1, "1.0.0"),
+        (2, "1.1.0"),
+        (1, "1.0.0"),
+    ]
+    assert env.fake.specs[env.key(1)].image.path.name == "1.1.0"
+
+    operation = env.service.manual_upgrade(SUB, GROUP, NAME, {"instanceIds": ["*"]})
+    drain(env.container)
+
+    assert env.operation(operation.id).status == "Succeeded"
+    assert sorted(k for verb, k in env.fake.calls if verb == "reimage") == sorted(
+        [env.key(0), env.key(1), env.key(2)]
+    )
+    assert {(i.model_version, i.image_version, i.os_disk_generation) for i in env.instances()} == {
+        (2, "1.1.0", 2)
+    }
+
+
 # -- set actions -------------------------------------------------------------------------------------------
 
 
 POWER = {"stop": "stopped", "deallocate": "deallocated", "start": "running", "restart": "running"}
 
 
-@pytest.mark.parametrize("action", ["stop", "deallocate", "restart", "reimage"])
-@pytest.mark.parametrize("body", [None, {"instanceIds": ["*"]}, {}])
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("stop", None),
+        ("stop", {"instanceIds": ["*"]}),
+        ("stop", {}),
+        ("deallocate", None),
+        ("restart", {"instanceIds": ["*"]}),
+        ("reimage", None),
+    ],
+)
 def test_set_wide_action_reaches_every_unprotected_instance(env: Env, action: str, body: Any) -> None:
+    """No instanceIds, or '*', means every instance, except those protected from scale-set actions."""
     env.create_set(3)
     env.protect(1, protectFromScaleSetActions=True)
 
@@ -576,18 +729,17 @@ def test_set_wide_action_reaches_every_unprotected_instance(env: Env, action: st
     for instance in (zero, two):
         assert instance.provisioning_state == "succeeded"
         assert instance.power_state == POWER.get(action, "running")
+        assert instance.os_disk_generation == (2 if action == "reimage" else 1)
 
 
 def test_action_on_chosen_instances_only(env: Env) -> None:
     env.create_set(3)
 
-    env.action("stop", {"instanceIds": ["2", "0", "2"]})
+    operation = env.action("stop", {"instanceIds": ["2", "0", "2"]})
     drain(env.container)
 
-    assert [(verb, k) for verb, k in env.fake.calls if verb == "stop"] == [
-        ("stop", env.key(2)),
-        ("stop", env.key(0)),
-    ] or sorted(k for verb, k in env.fake.calls if verb == "stop") == sorted([env.key(0), env.key(2)])
+    assert len(env.tasks(operation.id)) == 2  # a repeated ID is one task
+    assert sorted(k for verb, k in env.fake.calls if verb == "stop") == sorted([env.key(0), env.key(2)])
     assert [i.power_state for i in env.instances()] == ["stopped", "running", "stopped"]
 
 

@@ -347,7 +347,10 @@ def validate_scale_set(body: Any, name: str, current: Json | None) -> Json:
 
 
 def merge_patch(current: Json, patch: Any) -> Json:
-    """A PATCH body applied onto the stored document: objects merge key by key, anything else replaces."""
+    """A PATCH body applied onto the stored document: objects merge key by key, anything else replaces.
+
+    `tags` is replaced whole, as ARM's UpdateResource does, so `{"tags": {}}` clears them.
+    """
 
     def merge(base: Any, change: Any) -> Any:
         if isinstance(base, dict) and isinstance(change, dict):
@@ -357,7 +360,10 @@ def merge_patch(current: Json, patch: Any) -> Json:
             return merged
         return copy.deepcopy(change)
 
-    merged: Json = merge(copy.deepcopy(current), _object(patch, "body"))
+    change = _object(patch, "body")
+    merged: Json = merge(copy.deepcopy(current), {k: v for k, v in change.items() if k != "tags"})
+    if change.get("tags") is not None:
+        merged["tags"] = copy.deepcopy(change["tags"])
     return merged
 
 

@@ -54,6 +54,16 @@ _POWER_OF_STATE = {
 }
 
 
+KEY_ONLY_ACTIONS = ("stop", "deallocate", "delete")
+
+
+def _fail(task: Task, instance: Instance, message: str) -> None:
+    task.status = "failed"
+    task.error = message
+    instance.provisioning_state = "failed"
+    instance.status_message = message
+
+
 def instance_key(scale_set: ScaleSet, instance: Instance) -> str:
     return f"{scale_set.uid}/{instance.instance_id}"
 
@@ -156,14 +166,19 @@ class Executor:
                     continue
                 scale_set = session.get(ScaleSet, instance.set_id)
                 assert scale_set is not None
-                task.status = "running"
                 task.attempts += 1
                 task.updated_at = now
-                spec = (
-                    None
-                    if task.action in ("stop", "deallocate", "delete")
-                    else self._spec(session, scale_set, instance)
-                )
+                try:
+                    spec = (
+                        None if task.action in KEY_ONLY_ACTIONS else self._spec(session, scale_set, instance)
+                    )
+                except ProviderError as error:
+                    # This task cannot run (its image left the catalog, say): it fails alone and
+                    # the pass goes on with the others.
+                    _fail(task, instance, str(error))
+                    complete_if_done(session, task.operation_id, now)
+                    continue
+                task.status = "running"
                 claimed.append(ClaimedTask(task.id, task.action, instance_key(scale_set, instance), spec))
         return claimed
 

@@ -143,7 +143,7 @@ def _finish_resources(session: Session, operation: Operation, failed: bool) -> N
         # An instance could not be deleted: the resources stay, marked failed, and can be deleted again.
         for scale_set in _sets_of(session, operation):
             scale_set.provisioning_state = "Failed"
-        group = session.get(ResourceGroup, payload.get("group_id"))
+        group = session.get(ResourceGroup, payload["group_id"]) if "group_id" in payload else None
         if group is not None:
             group.provisioning_state = "Succeeded"
 

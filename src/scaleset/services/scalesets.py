@@ -147,7 +147,7 @@ class ScaleSetService:
                 payload={"group_id": group.id},
             )
             for scale_set in session.scalars(select(ScaleSet).where(ScaleSet.group_id == group.id)):
-                self._delete_instances(session, operation, scale_set, _live_instances(session, scale_set))
+                self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
                 scale_set.provisioning_state = "Deleting"
             complete_if_done(session, operation.id, now)
         self._wake()
@@ -179,6 +179,8 @@ class ScaleSetService:
         now = self._clock.now()
         with self._db.write() as session:
             group = _require_group(session, subscription, group_name)
+            if group.provisioning_state == "Deleting":
+                raise operation_not_allowed(f"The resource group '{group.name}' is being deleted.")
             scale_set = _find_set(session, group, name)
             if (scale_set is not None) != expected_exists:
                 raise ArmError(
@@ -345,7 +347,7 @@ class ScaleSetService:
                 payload={"set_id": scale_set.id},
             )
             scale_set.provisioning_state = "Deleting"
-            self._delete_instances(session, operation, scale_set, _live_instances(session, scale_set))
+            self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
             complete_if_done(session, operation.id, now)
         self._wake()
         return operation
@@ -405,7 +407,7 @@ class ScaleSetService:
         if scale_set.provisioning_state == "Deleting":
             raise operation_not_allowed(f"The scale set '{scale_set.name}' is being deleted.")
         if exact_version is not None:
-            self._check_image_version(scale_set, exact_version)
+            exact_version = self._catalog_version(scale_set, exact_version)
         group = session.get(ResourceGroup, scale_set.group_id)
         assert group is not None
         operation = start_operation(
@@ -432,11 +434,14 @@ class ScaleSetService:
         self._wake()
         return operation
 
-    def _check_image_version(self, scale_set: ScaleSet, version: str) -> None:
+    def _catalog_version(self, scale_set: ScaleSet, version: str) -> str:
+        """The catalog's spelling of a requested version (1.01.0 finds 1.1.0), or 404."""
         requested = image_request(scale_set.document)
         exact = ImageRequest(requested.publisher, requested.offer, requested.sku, version)
-        if self._catalog.find(scale_set.location, exact) is None:
+        image = self._catalog.find(scale_set.location, exact)
+        if image is None:
             raise image_not_found(scale_set.location, exact)
+        return image.version
 
     def delete_vm(self, subscription: str, group_name: str, name: str, instance_id: str) -> Operation:
         return self.vm_action(subscription, group_name, name, instance_id, "delete")
@@ -545,6 +550,16 @@ def _require_set(session: Session, subscription: str, group_name: str, name: str
             f"under resource group '{group.name}' was not found.",
         )
     return scale_set
+
+
+def _all_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
+    """Every instance row, those already being deleted included: deleting a set must not leave behind an
+    instance whose earlier delete task has not run yet (delete is idempotent, tasks run in order)."""
+    return list(
+        session.scalars(
+            select(Instance).where(Instance.set_id == scale_set.id).order_by(Instance.instance_id)
+        )
+    )
 
 
 def _live_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
