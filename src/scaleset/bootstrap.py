@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog
 from scaleset.engine.clock import Clock, SystemClock
 from scaleset.engine.executor import Executor
+from scaleset.guest.builtin import builtin_packages
 from scaleset.providers.base import Provider
 from scaleset.providers.local import LocalProvider
 from scaleset.services.addresses import DEFAULT_POOL, parse_pool
 from scaleset.services.scalesets import ScaleSetService
+from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
 from scaleset.store.db import Database, sqlite_url
 
@@ -38,14 +43,16 @@ class Container:
     clock: Clock
     provider: Provider
     catalog: ImageCatalog
+    extensions: ExtensionCatalog
     executor: Executor
     scalesets: ScaleSetService
     tokens: TokenService
     pool: ipaddress.IPv4Network = field(default_factory=lambda: parse_pool(DEFAULT_POOL))
 
     def start(self) -> None:
-        """Migrate the schema, then resume the engine (unfinished tasks first)."""
+        """Migrate the schema, publish the built-in handler packages, then resume the engine."""
         self.db.migrate()
+        publish_builtin_extensions(self.extensions)
         self.executor.start()
 
     def close(self) -> None:
@@ -54,21 +61,41 @@ class Container:
         self.db.close()
 
 
+def publish_builtin_extensions(catalog: ExtensionCatalog) -> list[str]:
+    """Publish the handler packages scaleset ships (Application Health, CustomScript) once; returns what
+    was published now."""
+    published = []
+    for package in builtin_packages():
+        if catalog.find(package.publisher, package.type, package.version) is not None:
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            # Tests import the handler programs by path; their bytecode is not part of the package.
+            copy = Path(scratch) / package.path.name
+            shutil.copytree(package.path, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            catalog.publish(package.publisher, package.type, package.version, copy, builtin=True)
+        published.append(f"{package.handler_name} {package.version}")
+    return published
+
+
 def build(settings: Settings, *, clock: Clock | None = None, provider: Provider | None = None) -> Container:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clock = clock or SystemClock()
     db = Database(settings.resolved_database_url)
     provider = provider or LocalProvider(settings.data_dir / "instances")
     catalog = ImageCatalog(db, settings.data_dir / "images", clock)
+    extensions = ExtensionCatalog(db, settings.data_dir / "extensions", clock)
     executor = Executor(db, clock, provider, workers=settings.workers, observe_every=settings.observe_every)
     pool = parse_pool(settings.address_pool)
-    scalesets = ScaleSetService(db, clock, catalog, pool, executor.wake)
+    scalesets = ScaleSetService(
+        db, clock, catalog, pool, executor.wake, extensions, SecretBox.in_directory(settings.data_dir)
+    )
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         provider=provider,
         catalog=catalog,
+        extensions=extensions,
         executor=executor,
         scalesets=scalesets,
         tokens=TokenService(db, clock),

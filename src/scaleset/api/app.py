@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from scaleset import __version__
-from scaleset.api import routes_admin, routes_groups, routes_images, routes_operations, routes_scalesets
+from scaleset.api import (
+    routes_admin,
+    routes_extension_images,
+    routes_groups,
+    routes_images,
+    routes_operations,
+    routes_scalesets,
+)
 from scaleset.api.errors import install_error_handlers
 from scaleset.api.paths import CaseInsensitivePaths
 
@@ -28,6 +35,7 @@ def create_app(container: Container) -> FastAPI:
     routers = [
         m.router for m in (routes_groups, routes_scalesets, routes_images, routes_operations, routes_admin)
     ]
+    routers += [routes_extension_images.router, routes_extension_images.admin_router]
     for router in routers:
         app.include_router(router)
     app.include_router(routes_admin.health_router)

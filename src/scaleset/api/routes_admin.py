@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,13 +10,13 @@ from fastapi.responses import JSONResponse
 
 from scaleset import __version__
 from scaleset.api.deps import container, json_body, require_admin
+from scaleset.api.uploads import receive_upload
 from scaleset.api.views import image_view
 from scaleset.catalog.service import ImageCoordinates
-from scaleset.domain.errors import ArmError, invalid
+from scaleset.domain.errors import invalid
 
 health_router = APIRouter()
 router = APIRouter(dependencies=[Depends(require_admin)])
-MAX_UPLOAD_BYTES = 512 * 2**20
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 
 
@@ -32,32 +30,11 @@ async def publish_image(
     request: Request, location: str, publisher: str, offer: str, sku: str, version: str
 ) -> JSONResponse:
     c = container(request)
-    upload_dir = c.settings.data_dir / "uploads"
-    upload_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=upload_dir, suffix=".artifact", delete=False) as handle:
-        path = Path(handle.name)
-        try:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise ArmError(
-                        413,
-                        "RequestEntityTooLarge",
-                        f"An image artifact is at most {MAX_UPLOAD_BYTES // 2**20} MiB.",
-                        "body",
-                    )
-                handle.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-    try:
-        if size == 0:
-            raise invalid("body", "The request body must be the image as a .tar.gz, .tar or .zip archive.")
+    async with receive_upload(
+        request, c.settings.data_dir / "uploads", "the image as a .tar.gz, .tar or .zip archive"
+    ) as path:
         where = ImageCoordinates(location, publisher, offer, sku, version)
         image = await run_in_threadpool(c.catalog.publish, where, path)
-    finally:
-        path.unlink(missing_ok=True)
     subscription = request.query_params.get("subscription", DEFAULT_SUBSCRIPTION)
     return JSONResponse(status_code=201, content=image_view(image, subscription))
 

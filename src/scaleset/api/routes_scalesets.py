@@ -258,3 +258,82 @@ def vm_action(
         subscription, group, name, instance_id, POWER_ACTIONS[verb], body
     )
     return accepted(request, operation)
+
+
+# ------------------------------------------------------------------------------ scale-set extensions
+def _extension_view(set_id: str, extension: dict[str, Any], provisioning_state: str) -> dict[str, Any]:
+    properties = {
+        k: v
+        for k, v in extension["properties"].items()
+        if k not in ("protectedSettings", "protectedSettingsSealed")
+    }
+    properties["provisioningState"] = provisioning_state
+    return {
+        "id": f"{set_id}/extensions/{extension['name']}",
+        "name": extension["name"],
+        "type": "Microsoft.Compute/virtualMachineScaleSets/extensions",
+        "properties": properties,
+    }
+
+
+def _extensions_of(scale_set: ScaleSet) -> list[dict[str, Any]]:
+    profile = scale_set.document["properties"]["virtualMachineProfile"]
+    return list((profile.get("extensionProfile") or {}).get("extensions") or [])
+
+
+def _set_extension_views(c: Container, scale_set: ScaleSet) -> list[dict[str, Any]]:
+    set_id = _set_view(c, scale_set)["id"]
+    return [_extension_view(set_id, e, scale_set.provisioning_state) for e in _extensions_of(scale_set)]
+
+
+@router.get(SET + "/extensions")
+def list_set_extensions(request: Request, subscription: str, group: str, name: str) -> dict[str, Any]:
+    c = container(request)
+    return {"value": _set_extension_views(c, c.scalesets.get_set(subscription, group, name))}
+
+
+@router.get(SET + "/extensions/{extension}")
+def get_set_extension(
+    request: Request, subscription: str, group: str, name: str, extension: str
+) -> dict[str, Any]:
+    c = container(request)
+    for view in _set_extension_views(c, c.scalesets.get_set(subscription, group, name)):
+        if view["name"].lower() == extension.lower():
+            return view
+    raise ArmError(
+        404, "ResourceNotFound", f"The extension '{extension}' of scale set '{name}' was not found."
+    )
+
+
+def _extension_response(request: Request, c: Container, change: Any, extension: str) -> JSONResponse:
+    scale_set = c.scalesets.get_set(
+        change.scale_set.subscription, c.scalesets.group_name_of(change.scale_set), change.scale_set.name
+    )
+    view = next(v for v in _set_extension_views(c, scale_set) if v["name"].lower() == extension.lower())
+    return resource_response(request, change.operation, view, change.created)
+
+
+@router.put(SET + "/extensions/{extension}")
+def put_set_extension(
+    request: Request, subscription: str, group: str, name: str, extension: str, body: Any = Depends(json_body)
+) -> JSONResponse:
+    c = container(request)
+    change = c.scalesets.put_extension(subscription, group, name, extension, body)
+    return _extension_response(request, c, change, extension)
+
+
+@router.patch(SET + "/extensions/{extension}")
+def patch_set_extension(
+    request: Request, subscription: str, group: str, name: str, extension: str, body: Any = Depends(json_body)
+) -> JSONResponse:
+    c = container(request)
+    change = c.scalesets.put_extension(subscription, group, name, extension, body, merge=True)
+    return _extension_response(request, c, change, extension)
+
+
+@router.delete(SET + "/extensions/{extension}")
+def delete_set_extension(
+    request: Request, subscription: str, group: str, name: str, extension: str
+) -> Response:
+    change = container(request).scalesets.delete_extension(subscription, group, name, extension)
+    return accepted(request, change.operation)

@@ -63,7 +63,8 @@ def _without_secrets(profile: Json) -> Json:
         os_profile.pop(key, None)
     for extension in (clean.get("extensionProfile") or {}).get("extensions") or []:
         if isinstance(extension, dict):
-            (extension.get("properties") or {}).pop("protectedSettings", None)
+            for key in ("protectedSettings", "protectedSettingsSealed"):
+                (extension.get("properties") or {}).pop(key, None)
     return clean
 
 

@@ -7,10 +7,10 @@ Publishing unpacks the artifact under `<data dir>/images/...` with the artifact-
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,6 +25,8 @@ from scaleset.engine.clock import Clock
 from scaleset.providers.base import ImageArtifact
 from scaleset.store.db import Database
 from scaleset.store.tables import Image
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,8 @@ class ImageCatalog:
                 "version",
             )
         parent = self._root / location / where.publisher.lower() / where.offer.lower() / where.sku.lower()
-        target = parent / where.version
-        if target.exists():
-            # Files without a row: a publish that died between unpacking and recording; start afresh.
-            shutil.rmtree(target)
-        parent.mkdir(parents=True, exist_ok=True)
-        try:
-            install_artifact(artifact, target)
+
+        def record(target: Path) -> Image:
             manifest = read_image_manifest(target)
             with self._db.write() as session:
                 image = Image(
@@ -101,20 +98,14 @@ class ImageCatalog:
                 )
                 session.add(image)
             return image
-        except BaseException as error:
-            # A refused artifact leaves nothing: not its files, not the folders made for it.
-            shutil.rmtree(target, ignore_errors=True)
-            _remove_empty_folders(parent, stop=self._root)
-            if isinstance(error, ArtifactError):
-                raise ArmError(400, "InvalidArtifact", str(error), error.member or "artifact") from None
-            if isinstance(error, ManifestError):
-                target_field = (
-                    MANIFEST_FILE
-                    if error.target in (None, MANIFEST_FILE)
-                    else (f"{MANIFEST_FILE}:{error.target}")
-                )
-                raise ArmError(400, "InvalidImageManifest", error.message, target_field) from None
-            raise
+
+        try:
+            return install_into_catalog(artifact, parent / where.version, self._root, record)
+        except ManifestError as error:
+            target_field = (
+                MANIFEST_FILE if error.target in (None, MANIFEST_FILE) else f"{MANIFEST_FILE}:{error.target}"
+            )
+            raise ArmError(400, "InvalidImageManifest", error.message, target_field) from None
 
     @staticmethod
     def _check_coordinates(where: ImageCoordinates) -> str:
@@ -186,6 +177,27 @@ def artifact_of(image: Image) -> ImageArtifact:
         ports=tuple(manifest.ports),
         environment=dict(manifest.environment),
     )
+
+
+def install_into_catalog(artifact: Path, target: Path, root: Path, record: Callable[[Path], T]) -> T:
+    """Unpack an artifact to `target` under the catalog `root`, then `record` it (validate and write the row).
+
+    A refused artifact, or one that `record` refuses, leaves nothing: not its files, not the folders made
+    for it, not a row.
+    """
+    if target.exists():
+        # Files without a row: a publish that died between unpacking and recording; start afresh.
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        install_artifact(artifact, target)
+        return record(target)
+    except BaseException as error:
+        shutil.rmtree(target, ignore_errors=True)
+        _remove_empty_folders(target.parent, stop=root)
+        if isinstance(error, ArtifactError):
+            raise ArmError(400, "InvalidArtifact", str(error), error.member or "artifact") from None
+        raise
 
 
 def _remove_empty_folders(folder: Path, stop: Path) -> None:

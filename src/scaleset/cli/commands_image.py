@@ -204,7 +204,7 @@ def content_type_for(path: Path) -> str:
     raise usage_error(f"{path} is not a directory, .tar, .tar.gz, .tgz or .zip", "PATH")
 
 
-def read_image(path: Path) -> tuple[bytes, str]:
+def read_artifact(path: Path) -> tuple[bytes, str]:
     """The bytes to upload and their Content-Type: a directory is packed here, an archive goes as is."""
     if path.is_dir():
         from scaleset.catalog.artifacts import ArtifactError, pack_directory
@@ -212,7 +212,7 @@ def read_image(path: Path) -> tuple[bytes, str]:
         try:
             return pack_directory(path), "application/gzip"
         except ArtifactError as exc:
-            raise CliError("InvalidImage", exc.message, target=exc.member) from exc
+            raise CliError("InvalidArtifact", exc.message, target=exc.member) from exc
     content_type = content_type_for(path)
     try:
         return path.read_bytes(), content_type
@@ -237,7 +237,7 @@ def publish(
 ) -> None:
     """Publish an image version (needs an admin token): a directory or a .tar/.tar.gz/.zip with a
     scaleset-image.json manifest. New scale sets and scale-outs on `latest` use it."""
-    content, content_type = read_image(path)
+    content, content_type = read_artifact(path)
     params = {"location": location, "publisher": publisher, "offer": offer, "sku": sku, "version": version}
     api = client(ctx)
     response = api.request(

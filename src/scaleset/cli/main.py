@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from scaleset.cli import commands_group, commands_image, commands_token, commands_vmss
+from scaleset.cli import commands_extension, commands_group, commands_image, commands_token, commands_vmss
 from scaleset.cli.client import DEFAULT_ENDPOINT, DEFAULT_SUBSCRIPTION, CliError
 from scaleset.cli.commands_common import State
 from scaleset.cli.output import OutputFormat, print_error
@@ -107,6 +107,7 @@ app.add_typer(commands_vmss.app, name="vmss")
 app.add_typer(commands_image.vm_app, name="vm")
 app.add_typer(commands_image.image_app, name="image")
 app.add_typer(commands_token.app, name="token")
+app.add_typer(commands_extension.app, name="extension")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from scaleset.domain.durations import parse_duration
 from scaleset.domain.errors import ArmError, invalid
+from scaleset.domain.extensions_spec import validate_extensions
 from scaleset.domain.placement import DEFAULT_FAULT_DOMAIN_COUNT, MAX_FAULT_DOMAIN_COUNT
 from scaleset.domain.regions import Region, find_region
 from scaleset.domain.versions import ImageVersion, is_latest
@@ -301,9 +302,13 @@ def _validate_vm_profile(raw: Any, target: str, set_name: str) -> Json:
                 "A health probe is referenced as /subscriptions/{sub}/resourceGroups/{rg}/providers/"
                 "Microsoft.Network/loadBalancers/{lb}/probes/{probe}.",
             )
-    extensions = _optional_object(profile, "extensionProfile", f"{target}.extensionProfile")
-    if extensions is not None and not isinstance(extensions.get("extensions", []), list):
-        raise invalid(f"{target}.extensionProfile.extensions", "'extensions' must be a list.")
+    extension_profile = _optional_object(profile, "extensionProfile", f"{target}.extensionProfile")
+    if extension_profile is not None:
+        extension_profile = dict(extension_profile)
+        extension_profile["extensions"] = validate_extensions(
+            extension_profile.get("extensions"), f"{target}.extensionProfile.extensions"
+        )
+        profile["extensionProfile"] = extension_profile
     return profile
 
 

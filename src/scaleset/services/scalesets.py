@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog, image_not_found
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
+from scaleset.domain.extensions_spec import extension_named
 from scaleset.domain.placement import Placement, place_instances
 from scaleset.domain.regions import find_region
 from scaleset.domain.scaleset_spec import (
@@ -33,6 +35,7 @@ from scaleset.domain.scaleset_spec import (
 from scaleset.engine.clock import Clock
 from scaleset.services.addresses import allocate_addresses
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
+from scaleset.services.secrets import SecretBox
 from scaleset.store.db import Database
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
 
@@ -74,10 +77,14 @@ class ScaleSetService:
         catalog: ImageCatalog,
         address_pool: ipaddress.IPv4Network,
         wake_engine: Callable[[], None],
+        extensions: ExtensionCatalog,
+        secrets: SecretBox,
     ) -> None:
         self._db = db
         self._clock = clock
         self._catalog = catalog
+        self._extensions = extensions
+        self._secrets = secrets
         self._pool = address_pool
         self._wake = wake_engine
 
@@ -160,6 +167,7 @@ class ScaleSetService:
             existing = _find_set(session, group, name)
             current = existing.document if existing else None
         document = validate_scale_set(body, name, current)
+        self._prepare_extensions(document, current)
         return self._write_set(subscription, group_name, name, document, expected_exists=current is not None)
 
     def patch_set(self, subscription: str, group_name: str, name: str, body: Any) -> Change:
@@ -167,7 +175,100 @@ class ScaleSetService:
             existing = _require_set(session, subscription, group_name, name)
             current = existing.document
         document = validate_scale_set(merge_patch(current, body), name, current)
+        self._prepare_extensions(document, current)
         return self._write_set(subscription, group_name, name, document, expected_exists=True)
+
+    def _prepare_extensions(self, document: Json, current: Json | None) -> None:
+        """Check every extension resolves in the catalog and seal its protected settings (in place).
+
+        A PUT that omits an extension's protectedSettings keeps the ones stored: `az vmss extension set`
+        and `az vmss update` GET the set (which never shows them) and PUT it back.
+        """
+        profile = document["properties"]["virtualMachineProfile"]
+        extensions = (profile.get("extensionProfile") or {}).get("extensions") or []
+        before = (
+            (current or {}).get("properties", {}).get("virtualMachineProfile", {}).get("extensionProfile")
+            or {}
+        ).get("extensions") or []
+        for index, extension in enumerate(extensions):
+            properties = extension["properties"]
+            target = f"properties.virtualMachineProfile.extensionProfile.extensions[{index}].properties"
+            auto_minor = properties.get("autoUpgradeMinorVersion", True) is not False
+            if (
+                self._extensions.resolve(
+                    properties["publisher"], properties["type"], properties["typeHandlerVersion"], auto_minor
+                )
+                is None
+            ):
+                raise invalid(
+                    f"{target}.typeHandlerVersion",
+                    f"Extension {properties['publisher']}.{properties['type']} version "
+                    f"{properties['typeHandlerVersion']} is not in the extension catalog.",
+                )
+            if properties.get("protectedSettings") is not None:
+                properties["protectedSettingsSealed"] = self._secrets.seal(
+                    properties.pop("protectedSettings")
+                )
+                continue
+            old = extension_named(before, str(extension["name"]))
+            if (
+                old is not None
+                and _same_handler(old, extension)
+                and "protectedSettingsSealed" in old["properties"]
+            ):
+                properties["protectedSettingsSealed"] = old["properties"]["protectedSettingsSealed"]
+
+    # ---------------------------------------------------------------------------- scale-set extensions
+    def put_extension(
+        self,
+        subscription: str,
+        group_name: str,
+        name: str,
+        extension_name: str,
+        body: Any,
+        merge: bool = False,
+    ) -> Change:
+        """PUT (or, with `merge`, PATCH) one extension of the model: a model change like any other."""
+        if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
+            raise invalid("properties", 'The body must be an extension: {"properties": {...}}.')
+        current = self.get_set(subscription, group_name, name).document
+        document = copy.deepcopy(current)
+        profile = document["properties"]["virtualMachineProfile"]
+        extensions = (profile.setdefault("extensionProfile", {})).setdefault("extensions", [])
+        existing = extension_named(extensions, extension_name)
+        if merge and existing is None:
+            raise self._extension_not_found(name, extension_name)
+        properties = dict(existing["properties"]) if merge and existing else {}
+        properties.update(copy.deepcopy(body.get("properties") or {}))
+        replacement = {"name": existing["name"] if existing else extension_name, "properties": properties}
+        if existing is None:
+            extensions.append(replacement)
+        else:
+            extensions[extensions.index(existing)] = replacement
+        validated = validate_scale_set(document, name, current)
+        self._prepare_extensions(validated, current)
+        change = self._write_set(subscription, group_name, name, validated, expected_exists=True)
+        return Change(change.scale_set, change.operation, created=existing is None)
+
+    def delete_extension(self, subscription: str, group_name: str, name: str, extension_name: str) -> Change:
+        current = self.get_set(subscription, group_name, name).document
+        document = copy.deepcopy(current)
+        extensions = (document["properties"]["virtualMachineProfile"].get("extensionProfile") or {}).get(
+            "extensions"
+        ) or []
+        existing = extension_named(extensions, extension_name)
+        if existing is None:
+            raise self._extension_not_found(name, extension_name)
+        extensions.remove(existing)
+        validated = validate_scale_set(document, name, current)
+        self._prepare_extensions(validated, current)
+        return self._write_set(subscription, group_name, name, validated, expected_exists=True)
+
+    @staticmethod
+    def _extension_not_found(name: str, extension_name: str) -> ArmError:
+        return ArmError(
+            404, "ResourceNotFound", f"The extension '{extension_name}' of scale set '{name}' was not found."
+        )
 
     def _write_set(
         self, subscription: str, group_name: str, name: str, document: Json, expected_exists: bool
@@ -518,6 +619,13 @@ class ScaleSetService:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _same_handler(a: Json, b: Json) -> bool:
+    return all(
+        str(a["properties"].get(key, "")).lower() == str(b["properties"].get(key, "")).lower()
+        for key in ("publisher", "type")
+    )
+
+
 def _find_group(session: Session, subscription: str, name: str) -> ResourceGroup | None:
     return session.scalars(
         select(ResourceGroup).where(

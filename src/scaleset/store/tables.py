@@ -143,3 +143,23 @@ class Image(Base):
     manifest: Mapped[dict[str, Any]]
     path: Mapped[str] = mapped_column(Text)
     published_at: Mapped[datetime]
+
+
+class ExtensionImage(Base):
+    """A published extension handler package (Azure's `VirtualMachineExtensionImages`), unpacked on disk.
+
+    Extension images are the same in every location here, as a catalog on one host has no regions to differ.
+    """
+
+    __tablename__ = "extension_images"
+    __table_args__ = (UniqueConstraint("publisher_key", "type_key", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    publisher: Mapped[str] = mapped_column(String(128))
+    publisher_key: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(128))
+    type_key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    handler_manifest: Mapped[dict[str, Any]]
+    path: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    published_at: Mapped[datetime]
