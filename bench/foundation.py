@@ -173,7 +173,8 @@ class AppProber:
         self._thread.join(self.timeout + 10)
         if self.error is not None:
             raise BenchError(self.error)
-        assert self.elapsed is not None
+        if self.elapsed is None:
+            raise BenchError("the app prober neither finished nor failed")
         return self.elapsed
 
     def _run(self) -> None:
@@ -185,7 +186,11 @@ class AppProber:
                         answer = client.get(f"http://{address}:{APP_PORT}/")
                     except httpx.TransportError:
                         continue
-                    if answer.status_code != 200 or answer.json().get("address") != address:
+                    try:
+                        said = answer.json().get("address") if answer.status_code == 200 else None
+                    except ValueError:
+                        said = None
+                    if said != address:
                         self.error = f"{instance_id} at {address} answered wrongly: {answer.text[:200]}"
                         return
                     del self.pending[instance_id]
@@ -250,12 +255,13 @@ def bring_up(
     send()
     request_s = time.monotonic() - started
     prober = AppProber(addresses(client, paths), started, timeout).start()
-    polls = 0
+    poll_ms: list[float] = []  # how long each list took while instances were coming up
 
     def running() -> bool:
-        nonlocal polls
-        polls += 1
-        return all_running(list_vms(client, paths)[0], capacity)
+        asked = time.perf_counter()
+        vms = list_vms(client, paths)[0]
+        poll_ms.append((time.perf_counter() - asked) * 1000)
+        return all_running(vms, capacity)
 
     wait_until(f"{capacity} instances running", running, timeout)
     running_s = time.monotonic() - started
@@ -265,7 +271,9 @@ def bring_up(
         "request_s": round(request_s, 3),
         "running_s": round(running_s, 3),
         "app_s": round(app_s, 3),
-        "polls": polls,
+        "polls": len(poll_ms),
+        "poll_ms_median": round(statistics.median(poll_ms), 1),
+        "poll_ms_max": round(max(poll_ms), 1),
         "first_init_s": round(spread[0], 3) if spread else None,
         "last_init_s": round(spread[1], 3) if spread else None,
     }
@@ -344,6 +352,8 @@ def run(instances: int, list_instances: int, requests: int) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
+        # Other work on the machine skews every figure here: say how busy it was.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
     started = time.monotonic()
     server = ServerProcess(new_data_dir("scaleset-bench-"))
@@ -411,6 +421,11 @@ def table(result: dict[str, Any]) -> str:
             (f"{verb} {count}: all running", f"{figures['running_s']:.2f} s"),
             (f"{verb} {count}: all apps answer", f"{figures['app_s']:.2f} s"),
             (
+                f"{verb} {count}: list GETs meanwhile",
+                f"{figures['polls']}, median {figures['poll_ms_median']:.0f} ms, "
+                f"max {figures['poll_ms_max']:.0f} ms",
+            ),
+            (
                 f"{verb} {count}: new inits recorded",
                 f"{figures['first_init_s']:.2f} .. {figures['last_init_s']:.2f} s after the request"
                 if figures["first_init_s"] is not None
@@ -433,6 +448,11 @@ def table(result: dict[str, Any]) -> str:
         ("delete group: no instance directory", f"{d['dirs_gone_s']:.2f} s"),
         ("delete group: no instance process", f"{d['processes_gone_s']:.2f} s"),
         ("instances left after dispose", str(result["leftover_instances"])),
+        (
+            "machine",
+            f"{result['cpus']} CPUs, {result['memory_gb']} GB, Python {result['python']}, load average "
+            f"{result['loadavg_1m_at_start']} at start, {result['loadavg_1m_at_end']} at end",
+        ),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
@@ -461,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"BENCH FAILED: {type(failure).__name__}: {failure}", file=sys.stderr, flush=True)
         return 1
     result["total_s"] = round(time.monotonic() - started, 2)
+    result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(table(result))
     print("RESULT " + json.dumps(result, separators=(",", ":")), flush=True)
     return 0

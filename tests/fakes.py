@@ -20,6 +20,18 @@ On top of the contract it lets a test watch and steer:
 - `crash(key, message)`: the instance stops on its own, as an instance whose init process died.
 - `snapshot()` / `FakeProvider(initial=...)`: the instances a restarted control plane finds again.
 
+The guest (custom data, the guest agent) works at once and in memory: custom data "runs" at the first boot
+of each OS disk (create, reimage; not restart), counted in `custom_data_runs`; a goal state is "applied" at
+every boot and by `apply_goal_state` while the instance runs, recorded in `goal_states_applied` as
+`(key, incarnation)`. `read_guest_report` then says what a healthy guest says: custom data succeeded, every
+extension of the goal state in status success. To steer it:
+
+- `fail_custom_data(key, exit_code, output)`: the custom data script of `key` fails from now on.
+- `fail_extension(key, name, message, code)`: that extension's enable fails from now on.
+- `hold_guest(key)` / `release_guest(key)`: while held, the guest has not finished: custom data reads
+  "running" and the goal state is being applied (`incarnationApplying`, extensions transitioning).
+- `clear_guest_failures()`.
+
 `FakeClock` is a settable, advanceable clock in UTC.
 """
 
@@ -33,7 +45,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from scaleset.guest.agent import CODE_ENABLE_FAILED
+from scaleset.guest.goalstate import ExtensionGoal, ExtensionStatus, GoalState, GuestStatus, SettingsStatus
 from scaleset.providers.base import (
+    CustomDataResult,
+    GuestReport,
     ImageArtifact,
     InstanceObservation,
     InstanceSpec,
@@ -57,6 +73,16 @@ class FakeInstance:
     os_disk: dict[str, str] = field(default_factory=dict)
     data_disks: dict[int, dict[str, str]] = field(default_factory=dict)
     message: str = ""
+    # The guest's inputs, as the last action handed them over.
+    custom_data: bytes | None = None
+    goal_state: str | None = None
+    certificates: tuple[tuple[str, bytes, bytes], ...] = ()
+    # The guest, on the current OS disk: whether it booted at all (custom data runs at the first boot only),
+    # whether it had custom data to run then, and the goal states applied (the latest, the one before).
+    booted: bool = False
+    custom_data_ran: bool = False
+    applied_goal: str | None = None
+    previous_incarnation: int | None = None
 
 
 class FakeProvider(Provider):
@@ -87,6 +113,11 @@ class FakeProvider(Provider):
         self.deleted: Counter[str] = Counter()
         self.overlaps: list[str] = []
         self.closed = False
+        self.custom_data_runs: Counter[str] = Counter()
+        self.goal_states_applied: list[tuple[str, int]] = []
+        self._custom_data_failures: dict[str, tuple[int, str]] = {}
+        self._extension_failures: dict[tuple[str, str], tuple[int, str]] = {}
+        self._held_guests: set[str] = set()
 
     # -- steering ------------------------------------------------------------------------------------
 
@@ -103,6 +134,32 @@ class FakeProvider(Provider):
         with self._lock:
             self._failures.clear()
             self._permanent_failures.clear()
+
+    def fail_custom_data(self, key: str, exit_code: int = 1, output: str = "custom data failed") -> None:
+        """`key`'s custom data script fails: it exited with `exit_code`, `output` is its tail."""
+        with self._lock:
+            self._custom_data_failures[key] = (exit_code, output)
+
+    def fail_extension(
+        self, key: str, name: str, message: str = "enable failed", code: int = CODE_ENABLE_FAILED
+    ) -> None:
+        """Extension `name` of `key`'s goal state fails to enable (as the guest agent reports it)."""
+        with self._lock:
+            self._extension_failures[(key, name)] = (code, message)
+
+    def clear_guest_failures(self) -> None:
+        with self._lock:
+            self._custom_data_failures.clear()
+            self._extension_failures.clear()
+
+    def hold_guest(self, key: str) -> None:
+        """The guest of `key` reports work in progress until `release_guest`."""
+        with self._lock:
+            self._held_guests.add(key)
+
+    def release_guest(self, key: str) -> None:
+        with self._lock:
+            self._held_guests.discard(key)
 
     def crash(self, key: str, message: str = "instance init process exited unexpectedly") -> None:
         """The instance stops by itself; `describe_instance` reports STOPPED with `message`."""
@@ -161,21 +218,25 @@ class FakeProvider(Provider):
             instance = self._instances.get(spec.key)
             if instance is None:
                 _check_image(spec.image)
-                self._instances[spec.key] = FakeInstance(
-                    state=InstanceState.RUNNING,
+                instance = FakeInstance(
+                    state=InstanceState.STOPPED,
                     generation=spec.os_disk_generation,
                     image=spec.image,
                     address=spec.address,
                     data_disks={lun: {} for lun in spec.data_disk_luns},
                 )
+                self._instances[spec.key] = instance
                 self.created[spec.key] += 1
+                self._run(spec.key, instance, spec)
             else:
-                self._run(instance, spec)
+                self._run(spec.key, instance, spec)
 
+        _check_goal_state(spec)
         self._action("create", spec.key, act, spec)
 
     def start_instance(self, spec: InstanceSpec) -> None:
-        self._action("start", spec.key, lambda: self._run(self._require(spec.key), spec), spec)
+        _check_goal_state(spec)
+        self._action("start", spec.key, lambda: self._run(spec.key, self._require(spec.key), spec), spec)
 
     def stop_instance(self, key: str) -> None:
         self._action("stop", key, lambda: self._halt(self._require(key), InstanceState.STOPPED))
@@ -187,8 +248,9 @@ class FakeProvider(Provider):
         def act() -> None:
             instance = self._require(spec.key)
             instance.state = InstanceState.STOPPED
-            self._run(instance, spec)
+            self._run(spec.key, instance, spec)
 
+        _check_goal_state(spec)
         self._action("restart", spec.key, act, spec)
 
     def reimage_instance(self, spec: InstanceSpec) -> None:
@@ -203,8 +265,12 @@ class FakeProvider(Provider):
                     instance.data_disks.setdefault(lun, {})
                 self.reimaged[spec.key] += 1
                 instance.state = InstanceState.STOPPED
-            self._run(instance, spec)
+                # A new OS disk: its guest has never booted, run custom data or applied anything.
+                instance.booted = instance.custom_data_ran = False
+                instance.applied_goal = instance.previous_incarnation = None
+            self._run(spec.key, instance, spec)
 
+        _check_goal_state(spec)
         self._action("reimage", spec.key, act, spec)
 
     def delete_instance(self, key: str) -> None:
@@ -213,6 +279,28 @@ class FakeProvider(Provider):
                 self.deleted[key] += 1
 
         self._action("delete", key, act)
+
+    def apply_goal_state(self, spec: InstanceSpec) -> None:
+        def act() -> None:
+            instance = self._require(spec.key)
+            instance.goal_state = spec.goal_state
+            instance.certificates = spec.certificates
+            if instance.state is InstanceState.RUNNING:
+                self._apply_goal(spec.key, instance, at_boot=False)
+
+        _check_goal_state(spec)
+        self._action("apply_goal_state", spec.key, act, spec)
+
+    def read_guest_report(self, key: str) -> GuestReport:
+        with self._lock:
+            instance = self._instances.get(key)
+            if instance is None or not instance.booted:
+                return GuestReport()
+            held = key in self._held_guests
+            return GuestReport(
+                custom_data=self._custom_data_result(key, instance, held),
+                guest_status=self._guest_status(key, instance, held).to_json(),
+            )
 
     def describe_instance(self, key: str) -> InstanceObservation:
         with self._lock:
@@ -229,6 +317,55 @@ class FakeProvider(Provider):
         self.closed = True
 
     # -- machinery -----------------------------------------------------------------------------------
+
+    def _boot(self, key: str, instance: FakeInstance, spec: InstanceSpec) -> None:
+        """What the guest does when the instance starts: first custom data (once per OS disk), then the
+        goal state (at every boot, as the agent re-runs enable)."""
+        instance.custom_data = spec.custom_data
+        instance.goal_state = spec.goal_state
+        instance.certificates = spec.certificates
+        if not instance.booted:  # the first boot of this OS disk
+            instance.booted = True
+            if instance.custom_data is not None:
+                instance.custom_data_ran = True
+                self.custom_data_runs[key] += 1
+        self._apply_goal(key, instance, at_boot=True)
+
+    def _apply_goal(self, key: str, instance: FakeInstance, *, at_boot: bool) -> None:
+        if instance.goal_state is None:
+            return
+        goal = GoalState.from_json(instance.goal_state)
+        applied = None if instance.applied_goal is None else GoalState.from_json(instance.applied_goal)
+        if not at_boot and applied is not None and applied.incarnation == goal.incarnation:
+            return  # the agent applies a new incarnation only
+        if applied is not None and applied.incarnation != goal.incarnation:
+            instance.previous_incarnation = applied.incarnation
+        instance.applied_goal = instance.goal_state
+        self.goal_states_applied.append((key, goal.incarnation))
+
+    def _custom_data_result(self, key: str, instance: FakeInstance, held: bool) -> CustomDataResult | None:
+        if not instance.custom_data_ran:
+            return None
+        if held:
+            return CustomDataResult("running")
+        failure = self._custom_data_failures.get(key)
+        if failure is None:
+            return CustomDataResult("succeeded", 0, "custom data script exited with 0")
+        exit_code, output = failure
+        return CustomDataResult("failed", exit_code, f"custom data script exited with {exit_code}: {output}")
+
+    def _guest_status(self, key: str, instance: FakeInstance, held: bool) -> GuestStatus:
+        if instance.applied_goal is None:
+            return GuestStatus(None, None, ())
+        goal = GoalState.from_json(instance.applied_goal)
+        if held:
+            extensions = tuple(_transitioning(extension) for extension in goal.extensions)
+            return GuestStatus(instance.previous_incarnation, goal.incarnation, extensions)
+        reports = (
+            _extension_status(extension, self._extension_failures.get((key, extension.name)))
+            for extension in goal.extensions
+        )
+        return GuestStatus(goal.incarnation, None, tuple(r for r in reports if r is not None))
 
     def _action(self, verb: str, key: str, act: Callable[[], None], spec: InstanceSpec | None = None) -> None:
         with self._lock:
@@ -279,17 +416,81 @@ class FakeProvider(Provider):
             raise ProviderError(f"no instance {key!r} in the fake provider")
         return instance
 
-    @staticmethod
-    def _run(instance: FakeInstance, spec: InstanceSpec) -> None:
+    def _run(self, key: str, instance: FakeInstance, spec: InstanceSpec) -> None:
+        was_running = instance.state is InstanceState.RUNNING
         instance.state = InstanceState.RUNNING
         instance.address = spec.address
         instance.message = ""
+        if not was_running:
+            self._boot(key, instance, spec)
+        else:  # as the local provider: the inputs are handed over, a new goal state is picked up
+            instance.custom_data = spec.custom_data
+            instance.goal_state = spec.goal_state
+            instance.certificates = spec.certificates
+            self._apply_goal(key, instance, at_boot=False)
 
     @staticmethod
     def _halt(instance: FakeInstance, state: InstanceState) -> None:
         if instance.state is InstanceState.RUNNING or state is InstanceState.DEALLOCATED:
             instance.state = state
         instance.message = ""
+
+
+def _check_goal_state(spec: InstanceSpec) -> None:
+    # As the local provider: a goal state the guest agent could not read is refused before anything.
+    if spec.goal_state is not None:
+        try:
+            GoalState.from_json(spec.goal_state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"instance {spec.key!r}: invalid goal state: {exc}") from exc
+
+
+def _extension_status(extension: ExtensionGoal, failure: tuple[int, str] | None) -> ExtensionStatus | None:
+    """What the guest agent reports for one extension of an applied goal state (None: uninstalled)."""
+    if extension.state == "uninstall":
+        return None  # an uninstalled extension leaves the status
+    seq_no = extension.effective_seq_no
+    if extension.state == "disabled":
+        state, status, code, message, operation = "Installed", "NotReady", 0, "Plugin disabled", "Disable"
+        settings_status = "success"
+    elif failure is None:
+        state, status, code, message, operation = "Enabled", "Ready", 0, "Plugin enabled", "Enable"
+        settings_status = "success"
+    else:
+        code, message = failure
+        state, status, operation, settings_status = "Installed", "NotReady", "Enable", "error"
+    return ExtensionStatus(
+        name=extension.name,
+        handler_name=extension.handler_name,
+        version=extension.version,
+        sequence_number=seq_no,
+        handler_state=state,
+        handler_status=status,
+        handler_code=code,
+        handler_message=message,
+        settings_status=(
+            SettingsStatus(seq_no, settings_status, code, None if failure is None else message, operation)
+            if extension.has_settings
+            else None
+        ),
+    )
+
+
+def _transitioning(extension: ExtensionGoal) -> ExtensionStatus:
+    seq_no = extension.effective_seq_no
+    return ExtensionStatus(
+        name=extension.name,
+        handler_name=extension.handler_name,
+        version=extension.version,
+        sequence_number=seq_no,
+        handler_state="Installed",
+        handler_status="NotReady",
+        handler_code=0,
+        handler_message="Plugin installed but not enabled",
+        settings_status=SettingsStatus(seq_no, "transitioning", operation="Enable")
+        if extension.has_settings
+        else None,
+    )
 
 
 def _check_image(image: ImageArtifact) -> None:

@@ -84,11 +84,12 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
     provider = provider or LocalProvider(settings.data_dir / "instances")
     catalog = ImageCatalog(db, settings.data_dir / "images", clock)
     extensions = ExtensionCatalog(db, settings.data_dir / "extensions", clock)
-    executor = Executor(db, clock, provider, workers=settings.workers, observe_every=settings.observe_every)
-    pool = parse_pool(settings.address_pool)
-    scalesets = ScaleSetService(
-        db, clock, catalog, pool, executor.wake, extensions, SecretBox.in_directory(settings.data_dir)
+    secrets = SecretBox.in_directory(settings.data_dir)
+    executor = Executor(
+        db, clock, provider, secrets, workers=settings.workers, observe_every=settings.observe_every
     )
+    pool = parse_pool(settings.address_pool)
+    scalesets = ScaleSetService(db, clock, catalog, pool, executor.wake, extensions, secrets)
     return Container(
         settings=settings,
         db=db,

@@ -135,8 +135,8 @@ def test_add_extensions_to_the_model_and_read_them_back(
                 "publisher": "Microsoft.Azure.Extensions",
                 "type": "CustomScript",
                 "typeHandlerVersion": "2.1",
-                "settings": {"commandToExecute": "echo hi"},
-                "protectedSettings": {"token": secret},
+                "settings": {},
+                "protectedSettings": {"commandToExecute": f"echo {secret} > /dev/null"},
                 "provisionAfterExtensions": ["health"],
             }
         },
@@ -195,14 +195,18 @@ def test_a_put_without_protected_settings_keeps_them(
     assert "protectedSettingsSealed" in script["properties"]
 
 
+PROBE = {"publisher": "Contoso.Tools", "type": "Probe", "typeHandlerVersion": "1.0", "settings": {}}
+
+
 @pytest.mark.parametrize(
     ("properties", "target_end"),
     [
-        ({**HEALTH, "typeHandlerVersion": "2"}, "typeHandlerVersion"),
-        ({**HEALTH, "typeHandlerVersion": "7.0"}, "typeHandlerVersion"),
-        ({**HEALTH, "type": "NoSuchThing"}, "typeHandlerVersion"),
-        ({**HEALTH, "provisionAfterExtensions": ["ghost"]}, "provisionAfterExtensions"),
-        ({**HEALTH, "settings": "not an object"}, "settings"),
+        ({**PROBE, "typeHandlerVersion": "2"}, "typeHandlerVersion"),
+        ({**PROBE, "typeHandlerVersion": "7.0"}, "typeHandlerVersion"),
+        ({**PROBE, "type": "NoSuchThing"}, "typeHandlerVersion"),
+        ({**PROBE, "provisionAfterExtensions": ["ghost"]}, "provisionAfterExtensions"),
+        ({**PROBE, "settings": "not an object"}, "settings"),
+        (HEALTH, "type"),  # a second Application Health extension: one per handler, as on Azure
     ],
 )
 def test_bad_extensions_are_refused_and_change_nothing(

@@ -9,17 +9,36 @@ A provider's test module subclasses `ProviderConformance` and supplies its fixtu
 - `disks` (optional): a `DiskAccess` that reads and writes files on an instance's disks from outside,
   for the tests of what survives a restart or reimage. A provider without one leaves the default (None)
   and those tests are skipped.
+- `custom_data_runs` (optional): how often an instance really ran `CUSTOM_DATA` (a provider that runs it
+  counts what the script leaves on data disk 0, see `count_custom_data_runs`); without it the custom data
+  tests check the guest's report only.
 
 Methods block until their action is done, so every test observes right after acting, without waiting.
+The guest is the exception: it works on its own after boot (custom data, extensions), so the guest tests
+poll `read_guest_report` for up to GUEST_TIMEOUT seconds. One thing is synchronous even there: custom data
+that is due reads "running" (or already ended) once the action that booted the instance returns.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
 
 import pytest
 
-from scaleset.providers.base import InstanceSpec, InstanceState, Provider
+from scaleset.guest.goalstate import ExtensionGoal, GoalState, GuestStatus
+from scaleset.providers.base import (
+    CustomDataResult,
+    GuestReport,
+    InstanceSpec,
+    InstanceState,
+    Provider,
+    ProviderError,
+)
 
 Disk = Literal["os"] | int  # the OS disk, or the data disk with this LUN
 
@@ -35,8 +54,118 @@ class DiskAccess(Protocol):
         """The file's text, or None when it does not exist."""
 
 
+class CustomDataRuns(Protocol):
+    def __call__(self, key: str) -> int: ...
+
+
 KEY = "conformance-set/0"
 OTHER_KEY = "conformance-set/1"
+GUEST_TIMEOUT = 20.0
+
+# Custom data that leaves a trace where a reimage cannot wipe it: one line per run on data disk 0.
+CUSTOM_DATA_TRACE = "custom-data-runs"
+CUSTOM_DATA = b"""#!/usr/bin/env python3
+import json, os, pathlib
+disk = pathlib.Path(json.loads(os.environ["SCALESET_DATA_DISKS"])["0"])
+with (disk / "custom-data-runs").open("a") as trace:
+    trace.write("ran\\n")
+print("custom data ran")
+"""
+
+HANDLER_VERBS = ("install", "enable", "disable", "update", "uninstall")
+PROBE_PUBLISHER = "Conformance.Test"
+# What `enable` writes for its sequence number (its working directory is the handler directory).
+WRITE_SUCCESS_STATUS = (
+    'printf \'[{"version": 1.0, "status": {"status": "success", "operation": "Enable", '
+    '"code": 0}}]\' > "status/$ConfigSequenceNumber.status"'
+)
+
+T = TypeVar("T")
+
+
+def write_handler_package(directory: Path, log: Path, *, enable: str = "") -> Path:
+    """A handler package of shell scripts: every command appends "<verb> <seq no>" to `log`; enable then
+    writes a success status for its sequence number and runs the extra shell lines `enable`."""
+    (directory / "bin").mkdir(parents=True)
+    for verb in HANDLER_VERBS:
+        body = f'echo "{verb} $ConfigSequenceNumber" >> "{log}"\n'
+        if verb == "enable":
+            body += f"{WRITE_SUCCESS_STATUS}\n{enable}\n"
+        script = directory / "bin" / f"{verb}.sh"
+        script.write_text(f"#!/bin/sh\n{body}exit 0\n")
+        script.chmod(0o755)
+    manifest = {f"{verb}Command": f"bin/{verb}.sh" for verb in HANDLER_VERBS}
+    (directory / "HandlerManifest.json").write_text(
+        json.dumps([{"name": directory.name, "version": 1.0, "handlerManifest": manifest}])
+    )
+    return directory
+
+
+def probe_extension(
+    package: Path, *, seq_no: int = 1, name: str = "probe", type_: str = "Probe", **fields: object
+) -> ExtensionGoal:
+    return ExtensionGoal(
+        name=name,
+        publisher=PROBE_PUBLISHER,
+        type=type_,
+        version="1.0.0",
+        package_dir=str(package),
+        seq_no=seq_no,
+        public_settings={"seq": seq_no},
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def with_guest(
+    spec: InstanceSpec, *, goal: GoalState | None = None, custom_data: bytes | None = None
+) -> InstanceSpec:
+    return dataclasses.replace(
+        spec, goal_state=None if goal is None else goal.to_json(), custom_data=custom_data
+    )
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = GUEST_TIMEOUT, what: str = "condition") -> T:
+    """Poll `probe` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g} s")
+        time.sleep(0.02)
+
+
+def guest_status(provider: Provider, key: str = KEY) -> GuestStatus | None:
+    text = provider.read_guest_report(key).guest_status
+    return None if text is None else GuestStatus.from_json(text)
+
+
+def wait_for_goal(provider: Provider, incarnation: int, key: str = KEY) -> GuestStatus:
+    """The guest status once goal state `incarnation` is applied and no apply is under way."""
+
+    def applied() -> GuestStatus | None:
+        status = guest_status(provider, key)
+        if status is None or status.incarnation_applied != incarnation or status.incarnation_applying:
+            return None
+        return status
+
+    return eventually(applied, what=f"goal state incarnation {incarnation} applied")
+
+
+def wait_for_custom_data(provider: Provider, key: str = KEY) -> CustomDataResult:
+    """The custom data result once the script has ended."""
+
+    def ended() -> CustomDataResult | None:
+        result = provider.read_guest_report(key).custom_data
+        return result if result is not None and result.state != "running" else None
+
+    return eventually(ended, what="custom data ended")
+
+
+def count_custom_data_runs(disks: DiskAccess, key: str) -> int:
+    """How often `CUSTOM_DATA` ran on an instance, for providers that run it."""
+    return (disks.read_file(key, 0, CUSTOM_DATA_TRACE) or "").count("ran")
 
 
 def _state(provider: Provider, key: str = KEY) -> InstanceState:
@@ -61,6 +190,14 @@ class ProviderConformance:
     @pytest.fixture
     def disks(self) -> DiskAccess | None:
         return None
+
+    @pytest.fixture
+    def custom_data_runs(self) -> CustomDataRuns | None:
+        return None
+
+    @pytest.fixture
+    def extension_package(self, tmp_path: Path) -> Path:
+        return write_handler_package(tmp_path / "conformance-probe", tmp_path / "conformance-probe.log")
 
     # -- create and describe -------------------------------------------------------------------------
 
@@ -256,3 +393,96 @@ class ProviderConformance:
 
         provider.delete_instance(KEY)
         assert list(provider.list_instance_keys()) == [OTHER_KEY]
+
+    # -- the guest -----------------------------------------------------------------------------------
+
+    def test_guest_report_of_unknown_key_is_empty(self, provider: Provider) -> None:
+        assert provider.read_guest_report("no-such-set/7") == GuestReport()
+
+    def test_goal_state_given_at_create_is_applied(
+        self, provider: Provider, make_spec: SpecFactory, extension_package: Path
+    ) -> None:
+        goal = GoalState(1, (probe_extension(extension_package, seq_no=3),))
+
+        provider.create_instance(with_guest(make_spec(KEY), goal=goal))
+
+        extension = wait_for_goal(provider, 1).extension("probe")
+        assert extension is not None
+        assert (extension.handler_status, extension.sequence_number) == ("Ready", 3)
+        assert extension.settings_status is not None
+        assert extension.settings_status.status == "success"
+
+    def test_new_goal_state_is_applied_to_a_running_instance(
+        self, provider: Provider, make_spec: SpecFactory, extension_package: Path
+    ) -> None:
+        spec = with_guest(make_spec(KEY), goal=GoalState(1, (probe_extension(extension_package),)))
+        provider.create_instance(spec)
+        wait_for_goal(provider, 1)
+
+        second = GoalState(2, (probe_extension(extension_package, seq_no=2),))
+        provider.apply_goal_state(with_guest(spec, goal=second))
+        provider.apply_goal_state(with_guest(spec, goal=second))  # idempotent
+
+        extension = wait_for_goal(provider, 2).extension("probe")
+        assert extension is not None and extension.settings_status is not None
+        assert (extension.sequence_number, extension.settings_status.status) == (2, "success")
+        assert _state(provider) is InstanceState.RUNNING
+
+    def test_goal_state_is_applied_again_on_a_new_os_disk(
+        self, provider: Provider, make_spec: SpecFactory, extension_package: Path
+    ) -> None:
+        goal = GoalState(1, (probe_extension(extension_package),))
+        provider.create_instance(with_guest(make_spec(KEY), goal=goal))
+        wait_for_goal(provider, 1)
+
+        provider.reimage_instance(with_guest(make_spec(KEY, generation=2), goal=goal))
+
+        extension = wait_for_goal(provider, 1).extension("probe")
+        assert extension is not None and extension.handler_status == "Ready"
+
+    def test_apply_goal_state_to_an_unknown_instance_is_a_provider_error(
+        self, provider: Provider, make_spec: SpecFactory, extension_package: Path
+    ) -> None:
+        goal = GoalState(1, (probe_extension(extension_package),))
+
+        with pytest.raises(ProviderError):
+            provider.apply_goal_state(with_guest(make_spec(KEY), goal=goal))
+
+    def test_invalid_goal_state_is_a_provider_error(self, provider: Provider, make_spec: SpecFactory) -> None:
+        with pytest.raises(ProviderError, match="goal state"):
+            provider.create_instance(dataclasses.replace(make_spec(KEY), goal_state='{"extensions": 1}'))
+
+    def test_without_custom_data_there_is_no_custom_data_result(
+        self, provider: Provider, make_spec: SpecFactory
+    ) -> None:
+        provider.create_instance(make_spec(KEY))
+        provider.restart_instance(make_spec(KEY))
+
+        assert provider.read_guest_report(KEY).custom_data is None
+
+    def test_custom_data_runs_at_the_first_boot_of_each_os_disk(
+        self, provider: Provider, make_spec: SpecFactory, custom_data_runs: CustomDataRuns | None
+    ) -> None:
+        def spec(generation: int = 1) -> InstanceSpec:
+            return with_guest(make_spec(KEY, generation=generation), custom_data=CUSTOM_DATA)
+
+        provider.create_instance(spec())
+        assert provider.read_guest_report(KEY).custom_data is not None  # due, so running or ended
+        assert _outcome(wait_for_custom_data(provider)) == ("succeeded", 0)
+
+        provider.restart_instance(spec())
+        provider.stop_instance(KEY)
+        provider.start_instance(spec())
+        # Had it been due again, it would read "running" now.
+        assert _outcome(provider.read_guest_report(KEY).custom_data) == ("succeeded", 0)
+        if custom_data_runs is not None:
+            assert custom_data_runs(KEY) == 1
+
+        provider.reimage_instance(spec(generation=2))
+        assert _outcome(wait_for_custom_data(provider)) == ("succeeded", 0)
+        if custom_data_runs is not None:
+            assert custom_data_runs(KEY) == 2
+
+
+def _outcome(result: CustomDataResult | None) -> tuple[str, int | None] | None:
+    return None if result is None else (result.state, result.exit_code)

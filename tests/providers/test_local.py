@@ -5,33 +5,29 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from scaleset.providers.base import ImageArtifact, InstanceSpec, InstanceState, ProviderError
+from scaleset.providers.base import InstanceSpec, InstanceState, ProviderError
 from scaleset.providers.local import LocalProvider
-from tests.providers.conformance import Disk, DiskAccess, ProviderConformance, SpecFactory
+from tests.providers.conformance import (
+    CustomDataRuns,
+    Disk,
+    DiskAccess,
+    ProviderConformance,
+    SpecFactory,
+    count_custom_data_runs,
+)
+from tests.providers.conftest import IMAGES, load_image
 
-IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
 KEY = "local-set/0"
 APP_START_TIMEOUT = 10.0
-
-
-def load_image(name: str) -> ImageArtifact:
-    manifest = json.loads((IMAGES / name / "scaleset-image.json").read_text())
-    return ImageArtifact(
-        path=IMAGES / name,
-        entrypoint=tuple(manifest["entrypoint"]),
-        ports=tuple(manifest["ports"]),
-        environment=manifest.get("environment", {}),
-    )
 
 
 class LocalDisks:
@@ -52,32 +48,6 @@ class LocalDisks:
         return path.read_text() if path.exists() else None
 
 
-@pytest.fixture
-def local_provider(tmp_path: Path) -> Iterator[LocalProvider]:
-    provider = LocalProvider(tmp_path / "instances", stop_timeout=2.0)
-    yield provider
-    # Runs even when the test failed: no instance process may outlive its test.
-    for key in provider.list_instance_keys():
-        provider.delete_instance(key)
-    provider.close()
-
-
-@pytest.fixture
-def spec_for() -> SpecFactory:
-    # A random third octet keeps concurrent test runs on one host apart; each key gets its own host.
-    network = f"127.77.{random.randrange(256)}"
-    addresses: dict[str, str] = {}
-    image = load_image("webapp-1.0.0")
-
-    def make_spec(key: str, *, generation: int = 1) -> InstanceSpec:
-        address = addresses.setdefault(key, f"{network}.{len(addresses) + 1}")
-        return InstanceSpec(
-            key=key, image=image, address=address, data_disk_luns=(0,), os_disk_generation=generation
-        )
-
-    return make_spec
-
-
 class TestLocalConformance(ProviderConformance):
     @pytest.fixture
     def provider(self, local_provider: LocalProvider) -> LocalProvider:
@@ -90,6 +60,11 @@ class TestLocalConformance(ProviderConformance):
     @pytest.fixture
     def disks(self, local_provider: LocalProvider) -> DiskAccess:
         return LocalDisks(local_provider)
+
+    @pytest.fixture
+    def custom_data_runs(self, local_provider: LocalProvider) -> CustomDataRuns:
+        disks = LocalDisks(local_provider)
+        return lambda key: count_custom_data_runs(disks, key)
 
 
 # -- helpers for the process-level tests --------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 Every webapp image carries this same file; what differs is the manifest beside it: the version shown is
 read from scaleset-image.json at start, and WEBAPP_HEALTH=unhealthy (set in a manifest's environment)
-makes /health fail forever.
+makes /health fail (HTTP 500) from the start.
 
     GET  /                          who am I: image, version, instance, address
     GET  /health                    {"ApplicationHealthState": "Healthy"} (500 "Unhealthy" when broken)
+    PUT  /health/mode               how /health answers from now on, to drive health probes in demos and
+                                    tests: healthy (200, Healthy), unhealthy (200, Unhealthy: the rich
+                                    Application Health way), error (500), slow (healthy after 40 s),
+                                    wrong-body (200 without the state), down (503)
     PUT  /files/os/<name>           store the body on the OS disk (lost on reimage)
     PUT  /files/data/<lun>/<name>   store the body on data disk <lun> (kept across reimage)
     GET  the same two paths         read the file back, 404 when it is not there
@@ -15,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,7 +29,8 @@ ADDRESS = os.environ.get("SCALESET_INSTANCE_ADDRESS", "127.0.0.1")
 PORT = int(os.environ.get("PORT", "8080"))
 OS_DISK = Path(os.environ.get("SCALESET_OS_DISK", str(HERE)))
 DATA_DISKS = {lun: Path(d) for lun, d in json.loads(os.environ.get("SCALESET_DATA_DISKS", "{}")).items()}
-HEALTHY = os.environ.get("WEBAPP_HEALTH", "healthy") != "unhealthy"
+HEALTH_MODES = ("healthy", "unhealthy", "error", "slow", "wrong-body", "down")
+health_mode = "error" if os.environ.get("WEBAPP_HEALTH") == "unhealthy" else "healthy"
 
 # A file name is one plain path segment: no "/", and no leading "." (so never "." or "..").
 FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
@@ -40,8 +46,7 @@ class Handler(BaseHTTPRequestHandler):
             about = {"image": "webapp", "version": VERSION, "instance": instance, "address": ADDRESS}
             self.send_json(200, about)
         elif self.path == "/health":
-            state = "Healthy" if HEALTHY else "Unhealthy"
-            self.send_json(200 if HEALTHY else 500, {"ApplicationHealthState": state})
+            self.answer_health()
         else:
             path = self.file_path()
             if path is None:
@@ -51,7 +56,30 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self.send_bytes(200, path.read_bytes(), "application/octet-stream")
 
+    def answer_health(self):
+        if health_mode == "slow":
+            time.sleep(40)  # beyond a probe's timeout
+        if health_mode in ("healthy", "slow"):
+            self.send_json(200, {"ApplicationHealthState": "Healthy"})
+        elif health_mode == "wrong-body":
+            self.send_json(200, {"status": "fine"})
+        elif health_mode == "down":
+            self.send_json(503, {"error": "down"})
+        elif health_mode == "unhealthy":
+            self.send_json(200, {"ApplicationHealthState": "Unhealthy"})
+        else:
+            self.send_json(500, {"ApplicationHealthState": "Unhealthy"})
+
     def do_PUT(self):
+        global health_mode
+        if self.path == "/health/mode":
+            mode = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode().strip()
+            if mode not in HEALTH_MODES:
+                self.send_json(400, {"error": f"mode is one of {', '.join(HEALTH_MODES)}"})
+                return
+            health_mode = mode
+            self.send_json(200, {"mode": mode})
+            return
         path = self.file_path()
         if path is None:
             return

@@ -21,6 +21,7 @@ from scaleset.api.views import (
 from scaleset.bootstrap import Container
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.scaleset_spec import ImageRequest
+from scaleset.engine.executor import instance_key
 from scaleset.services.scalesets import POWER_ACTIONS
 from scaleset.store.tables import Instance, ScaleSet
 
@@ -90,8 +91,10 @@ def list_scale_sets_by_location(request: Request, subscription: str, location: s
 
 @router.get(SET + "/instanceview")
 def get_scale_set_instance_view(request: Request, subscription: str, group: str, name: str) -> dict[str, Any]:
-    scale_set, instances = container(request).scalesets.list_instances(subscription, group, name)
-    return set_instance_view(scale_set, instances)
+    c = container(request)
+    scale_set, instances = c.scalesets.list_instances(subscription, group, name)
+    reports = [(i, c.provider.read_guest_report(instance_key(scale_set, i))) for i in instances]
+    return set_instance_view(scale_set, reports)
 
 
 @router.get(SET + "/networkinterfaces")
@@ -148,7 +151,8 @@ class _VmRenderer:
                 ),
             )
             self._manifests[key] = image.manifest if image else None
-        return instance_view(self._set, instance, self.model(instance), self._manifests[key])
+        report = self._c.provider.read_guest_report(instance_key(self._set, instance))
+        return instance_view(self._set, instance, self.model(instance), self._manifests[key], report)
 
     def vm(self, instance: Instance, expand: bool) -> dict[str, Any]:
         view = self.instance_view(instance) if expand else None

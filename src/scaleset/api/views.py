@@ -8,8 +8,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from scaleset.api.guest_views import (
+    custom_data_status,
+    extension_code,
+    extension_views,
+    guest_status_of,
+    health_state,
+    vm_agent_view,
+    vm_health_view,
+)
 from scaleset.catalog.manifest import parse_image_manifest
 from scaleset.engine.executor import computer_name
+from scaleset.providers.base import GuestReport
 from scaleset.services.scalesets import group_id_of, set_id_of
 from scaleset.store.tables import Image, Instance, Operation, ResourceGroup, ScaleSet
 
@@ -125,7 +135,9 @@ def instance_statuses(instance: Instance) -> list[Json]:
     ]
 
 
-def instance_view(scale_set: ScaleSet, instance: Instance, model: Json, image_manifest: Json | None) -> Json:
+def instance_view(
+    scale_set: ScaleSet, instance: Instance, model: Json, image_manifest: Json | None, report: GuestReport
+) -> Json:
     manifest = parse_image_manifest(image_manifest) if image_manifest else None
     prefix = model["osProfile"]["computerNamePrefix"]
     view: Json = {
@@ -144,6 +156,18 @@ def instance_view(scale_set: ScaleSet, instance: Instance, model: Json, image_ma
     }
     if instance.zone:
         view["zones"] = [instance.zone]
+    custom_data = custom_data_status(report)
+    if custom_data is not None:
+        view["statuses"].append(
+            {**custom_data, "code": custom_data["code"].replace("ProvisioningState", "CustomData")}
+        )
+    status = guest_status_of(report)
+    if status is not None:
+        view["vmAgent"] = vm_agent_view(status)
+        view["extensions"] = extension_views(status)
+        health = health_state(status)
+        if health is not None:
+            view["vmHealth"] = vm_health_view(health)
     return view
 
 
@@ -237,17 +261,24 @@ def network_interface_view(scale_set: ScaleSet, group_name: str, instance: Insta
     }
 
 
-def set_instance_view(scale_set: ScaleSet, instances: Iterable[Instance]) -> Json:
+def set_instance_view(scale_set: ScaleSet, instances: Iterable[tuple[Instance, GuestReport]]) -> Json:
     codes: Counter[str] = Counter()
-    for instance in instances:
+    extension_codes: dict[str, Counter[str]] = {}
+    for instance, report in instances:
         codes[f"ProvisioningState/{instance.provisioning_state}"] += 1
         codes[f"PowerState/{instance.power_state}"] += 1
+        status = guest_status_of(report)
+        for extension in status.extensions if status else ():
+            extension_codes.setdefault(extension.name, Counter())[extension_code(extension)[0]] += 1
     state = scale_set.provisioning_state.lower()
     return {
         "virtualMachine": {
             "statusesSummary": [{"code": code, "count": count} for code, count in sorted(codes.items())]
         },
-        "extensions": [],
+        "extensions": [
+            {"name": name, "statusesSummary": [{"code": c, "count": n} for c, n in sorted(counter.items())]}
+            for name, counter in sorted(extension_codes.items())
+        ],
         "statuses": [
             _status(
                 f"ProvisioningState/{state}",

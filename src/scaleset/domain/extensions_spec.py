@@ -34,6 +34,14 @@ def validate_extensions(raw: Any, target: str) -> list[Json]:
             raise invalid(
                 f"{target}[{index}].name", f"Two extensions are named '{extensions[index]['name']}'."
             )
+    handlers = [f"{e['properties']['publisher']}.{e['properties']['type']}".lower() for e in extensions]
+    for index, handler in enumerate(handlers):
+        if handler in handlers[:index]:
+            # Azure: "Multiple VMExtensions per handler not supported for OS type 'Linux'".
+            raise invalid(
+                f"{target}[{index}].properties.type",
+                f"Only one extension of handler {handler} may be in a model.",
+            )
     _check_provision_after(extensions, target)
     return extensions
 

@@ -12,16 +12,36 @@ of the host took away) are shown as stopped, with the provider's message.
 
 from __future__ import annotations
 
+import base64
 import logging
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from scaleset.catalog.extensions import resolve_handler_version
 from scaleset.catalog.service import artifact_of
+from scaleset.domain.durations import parse_duration
 from scaleset.engine.clock import Clock
+from scaleset.engine.guest_goal import (
+    ExtensionUnavailable,
+    GuestExpectation,
+    GuestVerdict,
+    goal_state_for,
+    judge_guest,
+)
+from scaleset.guest.goalstate import GoalState
+from scaleset.guest.protected import (
+    certificate_paths,
+    encrypt_protected_settings,
+    make_instance_certificate,
+    thumbprint_of,
+)
 from scaleset.providers.base import (
     InstanceObservation,
     InstanceSpec,
@@ -30,8 +50,9 @@ from scaleset.providers.base import (
     ProviderError,
 )
 from scaleset.services.operations import complete_if_done
+from scaleset.services.secrets import SecretBox
 from scaleset.store.db import Database
-from scaleset.store.tables import Image, Instance, ScaleSet, ScaleSetModel, Task
+from scaleset.store.tables import ExtensionImage, Image, Instance, ScaleSet, ScaleSetModel, Task
 
 log = logging.getLogger("scaleset.engine")
 
@@ -55,6 +76,9 @@ _POWER_OF_STATE = {
 
 
 KEY_ONLY_ACTIONS = ("stop", "deallocate", "delete")
+# Actions that provision a fresh OS disk: done only when the guest reports custom data and extensions.
+PROVISIONING_ACTIONS = ("create", "reimage", "reimageall")
+DEFAULT_EXTENSIONS_BUDGET = 90 * 60.0  # Azure's extensionsTimeBudget default, PT1H30M
 
 
 def _fail(task: Task, instance: Instance, message: str) -> None:
@@ -62,6 +86,42 @@ def _fail(task: Task, instance: Instance, message: str) -> None:
     task.error = message
     instance.provisioning_state = "failed"
     instance.status_message = message
+
+
+def _expectation(spec: InstanceSpec) -> GuestExpectation:
+    goal = GoalState.from_json(spec.goal_state) if spec.goal_state else GoalState(incarnation=0)
+    return GuestExpectation(
+        incarnation=goal.incarnation,
+        extensions=tuple((e.name, e.suppress_failures) for e in goal.extensions),
+        custom_data=spec.custom_data is not None,
+    )
+
+
+def _extensions_budget(session: Session, instance: Instance) -> float:
+    model = session.get(ScaleSetModel, (instance.set_id, instance.model_version))
+    budget = ((model.model if model else {}).get("extensionProfile") or {}).get("extensionsTimeBudget")
+    try:
+        return parse_duration(budget) if budget else DEFAULT_EXTENSIONS_BUDGET
+    except ValueError:
+        return DEFAULT_EXTENSIONS_BUDGET
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands datetimes back without their zone; they were stored as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _resolve_extension(
+    session: Session, publisher: str, type_: str, type_handler_version: str, auto_minor: bool
+) -> tuple[str, str] | None:
+    images = session.scalars(
+        select(ExtensionImage).where(
+            ExtensionImage.publisher_key == publisher.lower(), ExtensionImage.type_key == type_.lower()
+        )
+    ).all()
+    chosen = resolve_handler_version(type_handler_version, (i.version for i in images), auto_minor)
+    image = next((i for i in images if i.version == chosen), None)
+    return (image.version, image.path) if image else None
 
 
 def instance_key(scale_set: ScaleSet, instance: Instance) -> str:
@@ -87,13 +147,26 @@ class ClaimedTask:
     action: str
     key: str
     spec: InstanceSpec | None
+    expect: GuestExpectation | None = None
+    budget_seconds: float = DEFAULT_EXTENSIONS_BUDGET
 
 
 class Executor:
     def __init__(
-        self, db: Database, clock: Clock, provider: Provider, *, workers: int = 8, observe_every: float = 2.0
+        self,
+        db: Database,
+        clock: Clock,
+        provider: Provider,
+        secrets: SecretBox,
+        *,
+        workers: int = 8,
+        observe_every: float = 2.0,
+        settle_every: float = 0.2,
     ) -> None:
         self._db = db
+        self._secrets = secrets
+        self._settle_every = settle_every
+        self._settling = 0
         self._clock = clock
         self._provider = provider
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scaleset-task")
@@ -129,12 +202,13 @@ class Executor:
     def _loop(self) -> None:
         last_observed = 0.0
         while not self._stopping.is_set():
-            self._wakeup.wait(timeout=self._observe_every)
+            self._wakeup.wait(timeout=self._settle_every if self._settling else self._observe_every)
             self._wakeup.clear()
             if self._stopping.is_set():
                 return
             try:
                 self.run_pass()
+                self.settle()
                 now = self._clock.now().timestamp()
                 if now - last_observed >= self._observe_every:
                     self.observe()
@@ -155,6 +229,9 @@ class Executor:
         claimed: list[ClaimedTask] = []
         with self._db.write() as session:
             busy = set(session.scalars(select(Task.instance_row_id).where(Task.status == "running")))
+            settling = {
+                t.instance_row_id: t for t in session.scalars(select(Task).where(Task.status == "settling"))
+            }
             for task in session.scalars(select(Task).where(Task.status == "pending").order_by(Task.id)):
                 if task.instance_row_id in busy:
                     continue
@@ -178,8 +255,25 @@ class Executor:
                     _fail(task, instance, str(error))
                     complete_if_done(session, task.operation_id, now)
                     continue
+                if (earlier := settling.pop(task.instance_row_id, None)) is not None:
+                    # A new action on the instance ends the wait for the guest's word on the last one.
+                    earlier.status = "done"
+                    earlier.error = f"superseded by {task.action} before the guest reported"
+                    complete_if_done(session, earlier.operation_id, now)
                 task.status = "running"
-                claimed.append(ClaimedTask(task.id, task.action, instance_key(scale_set, instance), spec))
+                expect = None
+                if spec is not None and task.action in PROVISIONING_ACTIONS:
+                    expect = _expectation(spec)
+                claimed.append(
+                    ClaimedTask(
+                        task.id,
+                        task.action,
+                        instance_key(scale_set, instance),
+                        spec,
+                        expect,
+                        _extensions_budget(session, instance),
+                    )
+                )
         return claimed
 
     def _spec(self, session: Session, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:
@@ -199,6 +293,30 @@ class Executor:
         if image is None:
             raise ProviderError(f"image version {instance.image_version} is no longer in the catalog")
         name = computer_name(model["osProfile"]["computerNamePrefix"], instance.instance_id)
+        history = [
+            (row.version, row.model)
+            for row in session.scalars(
+                select(ScaleSetModel)
+                .where(ScaleSetModel.set_id == scale_set.id, ScaleSetModel.version <= instance.model_version)
+                .order_by(ScaleSetModel.version)
+            )
+        ]
+        try:
+            goal = goal_state_for(
+                history,
+                lambda publisher, type_, version, auto: _resolve_extension(
+                    session, publisher, type_, version, auto
+                ),
+                lambda sealed: self._encrypt_for(instance, sealed),
+            )
+        except ExtensionUnavailable as error:
+            raise ProviderError(str(error)) from None
+        custom_data = model["osProfile"].get("customData")
+        certificates: tuple[tuple[str, bytes, bytes], ...] = ()
+        if instance.certificate_pem and instance.private_key_sealed:
+            certificate = instance.certificate_pem.encode()
+            private_key = str(self._secrets.open(instance.private_key_sealed)).encode()
+            certificates = ((thumbprint_of(certificate), certificate, private_key),)
         return InstanceSpec(
             key=instance_key(scale_set, instance),
             image=artifact_of(image),
@@ -210,7 +328,21 @@ class Executor:
                 "SCALESET_COMPUTER_NAME": name,
                 "SCALESET_VMSS_NAME": scale_set.name,
             },
+            custom_data=base64.b64decode(custom_data) if custom_data else None,
+            goal_state=goal.to_json(),
+            certificates=certificates,
         )
+
+    def _encrypt_for(self, instance: Instance, sealed: str) -> tuple[str, str]:
+        """Protected settings encrypted to the instance's own certificate (made on first need)."""
+        if not instance.certificate_pem or not instance.private_key_sealed:
+            with tempfile.TemporaryDirectory() as scratch:
+                thumbprint = make_instance_certificate(Path(scratch))
+                crt, prv = certificate_paths(Path(scratch), thumbprint)
+                instance.certificate_pem = crt.read_text()
+                instance.private_key_sealed = self._secrets.seal(prv.read_text())
+        certificate = instance.certificate_pem.encode()
+        return encrypt_protected_settings(self._secrets.open(sealed), certificate), thumbprint_of(certificate)
 
     # ---------------------------------------------------------------------------------- one action
     def _run(self, task: ClaimedTask) -> None:
@@ -264,6 +396,14 @@ class Executor:
             row.error = error or ""
             row.updated_at = now
             instance = session.get(Instance, row.instance_row_id)
+            if instance is not None and error is None and task.expect is not None and task.expect.waits:
+                # Acted; the instance is provisioned once the guest reports custom data and extensions.
+                row.status = "settling"
+                row.expect = task.expect.to_json()
+                row.deadline = now + timedelta(seconds=task.budget_seconds)
+                instance.power_state = POWER_AFTER[task.action]
+                instance.updated_at = now
+                return
             if instance is not None:
                 if task.action == "delete" and error is None:
                     session.delete(instance)
@@ -286,12 +426,66 @@ class Executor:
         except Exception:  # observation is best effort after a failure
             return InstanceObservation(InstanceState.UNKNOWN, None, "")
 
+    # ------------------------------------------------------------------------------------- settling
+    def settle(self) -> int:
+        """Judge every task waiting for its guest; returns how many still wait."""
+        with self._db.read() as session:
+            waiting = [
+                (
+                    task.id,
+                    instance_key(scale_set, instance),
+                    GuestExpectation.from_json(task.expect or {}),
+                    task.deadline,
+                )
+                for task, instance, scale_set in session.execute(
+                    select(Task, Instance, ScaleSet)
+                    .join(Instance, Task.instance_row_id == Instance.id)
+                    .join(ScaleSet, Instance.set_id == ScaleSet.id)
+                    .where(Task.status == "settling")
+                ).all()
+            ]
+        now = self._clock.now()
+        verdicts = {}
+        for task_id, key, expect, deadline in waiting:
+            verdict = judge_guest(self._provider.read_guest_report(key), expect)
+            if not verdict.done and deadline is not None and _aware(deadline) <= now:
+                verdict = GuestVerdict(
+                    True,
+                    "The guest did not report its custom data and extensions within "
+                    "the extensions time budget.",
+                )
+            if verdict.done:
+                verdicts[task_id] = verdict
+        if verdicts:
+            with self._db.write() as session:
+                for task_id, verdict in verdicts.items():
+                    self._finish_settling(session, task_id, verdict, now)
+        self._settling = len(waiting) - len(verdicts)
+        return self._settling
+
+    def _finish_settling(self, session: Session, task_id: int, verdict: GuestVerdict, now: datetime) -> None:
+        task = session.get(Task, task_id)
+        if task is None or task.status != "settling":
+            return
+        task.status = "failed" if verdict.failure else "done"
+        task.error = verdict.failure or ""
+        task.updated_at = now
+        instance = session.get(Instance, task.instance_row_id)
+        if instance is not None:
+            instance.provisioning_state = "failed" if verdict.failure else "succeeded"
+            instance.status_message = verdict.failure or ""
+            instance.updated_at = now
+        session.flush()
+        complete_if_done(session, task.operation_id, now)
+
     # ---------------------------------------------------------------------------------- observation
     def observe(self) -> int:
         """Bring settled instances' power state in line with what the provider sees; returns changes."""
         with self._db.read() as session:
             busy = set(
-                session.scalars(select(Task.instance_row_id).where(Task.status.in_(("pending", "running"))))
+                session.scalars(
+                    select(Task.instance_row_id).where(Task.status.in_(("pending", "running", "settling")))
+                )
             )
             rows = session.execute(
                 select(Instance, ScaleSet)

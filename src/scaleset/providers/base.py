@@ -52,6 +52,30 @@ class InstanceSpec:
     data_disk_luns: tuple[int, ...] = ()
     os_disk_generation: int = 1
     environment: Mapping[str, str] = field(default_factory=dict)
+    # `osProfile.customData`, decoded: run once at the first boot of each OS disk (cloud-init's rule).
+    custom_data: bytes | None = None
+    # The guest agent's goal state (`scaleset.guest.goalstate.GoalState` as JSON); None: no extensions.
+    goal_state: str | None = None
+    # Certificates the guest needs for protected settings: (thumbprint, certificate PEM, private key PEM).
+    certificates: tuple[tuple[str, bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class CustomDataResult:
+    """How the custom data script of the current OS disk ended (or that it still runs)."""
+
+    state: str  # "running" | "succeeded" | "failed"
+    exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """What the guest says about itself: custom data, and the guest agent's status document
+    (`scaleset.guest.goalstate.GuestStatus` as JSON), either None until the guest has written it."""
+
+    custom_data: CustomDataResult | None = None
+    guest_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,16 @@ class Provider(ABC):
     @abstractmethod
     def list_instance_keys(self) -> Sequence[str]:
         """Every instance key the provider holds, running or not."""
+
+    @abstractmethod
+    def apply_goal_state(self, spec: InstanceSpec) -> None:
+        """Hand `spec.goal_state` and `spec.certificates` to the instance's guest agent, which applies them
+        while the instance runs (and again at every boot). Idempotent; the guest reports through
+        `read_guest_report`."""
+
+    @abstractmethod
+    def read_guest_report(self, key: str) -> GuestReport:
+        """The guest's own report (custom data, extensions); empty when the guest has said nothing yet."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release what the provider holds in this process; instances keep running."""

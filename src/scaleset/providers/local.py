@@ -5,6 +5,11 @@ its OS disk `os/` copied fresh from the image, data disks `data/lun<N>/` that no
 and the spec in `instance.json`. Its power state is its own init process (`scaleset.guest.init`), started
 in a session of its own so that it outlives this server; a restarted server re-adopts it through the
 `init.json` record the init writes, checked against pid reuse by the process's create time.
+
+The guest's inputs (custom data, the guest agent's goal state, certificates) are files in the instance
+directory beside the OS disk, written before the init starts so that it finds them at boot; the guest's
+reports (how custom data ended, the agent's status) are files the init writes there. Both survive a reimage,
+except the reports, which describe the OS disk they came from and go with it.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ from typing import Literal
 import psutil
 
 import scaleset
+from scaleset.guest.goalstate import GoalState
 from scaleset.guest.init import (
+    ENV_OS_DISK,
     EXIT_ANOTHER_INIT_RUNNING,
     InstanceLayout,
+    custom_data_result_from_json,
     spec_to_json,
     wait_until_gone,
     write_file_atomically,
 )
 from scaleset.providers.base import (
+    CustomDataResult,
+    GuestReport,
     ImageArtifact,
     InstanceObservation,
     InstanceSpec,
@@ -65,6 +75,9 @@ _PACKAGE_PARENT = Path(scaleset.__file__).resolve().parent.parent
 _KEY_SEGMENT = r"[A-Za-z0-9-]+(?:[._][A-Za-z0-9-]+)*"
 _KEY_PATTERN = re.compile(rf"{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*")
 
+# A thumbprint names two files (`<THUMB>.crt`, `.prv`); Azure's are 40 hex digits (SHA-1).
+_THUMBPRINT_PATTERN = re.compile(r"[0-9A-Fa-f]{1,128}")
+
 
 @dataclass(frozen=True)
 class _InitRecord:
@@ -93,6 +106,7 @@ class LocalProvider(Provider):
     # -- the contract -------------------------------------------------------------------------------
 
     def create_instance(self, spec: InstanceSpec) -> None:
+        _check_guest_inputs(spec)
         with self._locked(spec.key):
             layout = self._layout(spec.key)
             if not layout.os_disk.is_dir():
@@ -105,6 +119,7 @@ class LocalProvider(Provider):
             self._start(layout, spec)
 
     def start_instance(self, spec: InstanceSpec) -> None:
+        _check_guest_inputs(spec)
         with self._locked(spec.key):
             self._start(self._existing_layout(spec.key), spec)
 
@@ -117,12 +132,14 @@ class LocalProvider(Provider):
             self._stop(self._existing_layout(key), "deallocated")
 
     def restart_instance(self, spec: InstanceSpec) -> None:
+        _check_guest_inputs(spec)
         with self._locked(spec.key):
             layout = self._existing_layout(spec.key)
             self._stop(layout, "stopped")
             self._start(layout, spec)
 
     def reimage_instance(self, spec: InstanceSpec) -> None:
+        _check_guest_inputs(spec)
         with self._locked(spec.key):
             layout = self._existing_layout(spec.key)
             # The same generation means this reimage already happened (the engine repeats an intent after
@@ -166,6 +183,22 @@ class LocalProvider(Provider):
             f"instance init process exited unexpectedly; see {layout.console_log}",
         )
 
+    def apply_goal_state(self, spec: InstanceSpec) -> None:
+        """Write the goal state and certificates for the instance's init, which polls for a new incarnation
+        (`scaleset.guest.init.GOAL_STATE_POLL_SECONDS`) and applies it; a stopped instance applies it at
+        its next start. Certificates are written first, so a goal state never names a missing one."""
+        _check_guest_inputs(spec)
+        with self._locked(spec.key):
+            layout = self._existing_layout(spec.key)
+            _write_guest_inputs(layout, spec, with_custom_data=False)
+
+    def read_guest_report(self, key: str) -> GuestReport:
+        layout = self._layout(key)
+        return GuestReport(
+            custom_data=_read_custom_data_result(layout.custom_data_result),
+            guest_status=_read_json_text(layout.guest_status),
+        )
+
     def list_instance_keys(self) -> Sequence[str]:
         keys = (entry.name.replace("__", "/") for entry in self._root.iterdir() if entry.is_dir())
         return sorted(key for key in keys if _is_valid_key(key))
@@ -185,6 +218,9 @@ class LocalProvider(Provider):
         for lun in spec.data_disk_luns:
             layout.data_disk(lun).mkdir(parents=True, exist_ok=True)
         write_file_atomically(layout.instance_json, spec_to_json(spec))
+        # Before the init starts, so that the guest finds them at boot; a running init picks up a new
+        # goal state the same way as from apply_goal_state.
+        _write_guest_inputs(layout, spec, with_custom_data=True)
         # Cleared before spawning: from here on, an init that is not alive died by itself.
         layout.power.unlink(missing_ok=True)
         if self._live_init(layout) is None:
@@ -230,11 +266,11 @@ class LocalProvider(Provider):
 
     def _stop(self, layout: InstanceLayout, marker: PowerMarker) -> None:
         init = self._live_init(layout)
-        if init is None:
-            self._sweep_dead_init(layout)
-        else:
+        if init is not None:
             self._terminate(init)
-            layout.init_json.unlink(missing_ok=True)
+        # Also what a dead init left behind, and daemons that escaped a live one's tree.
+        self._sweep_instance_processes(layout)
+        layout.init_json.unlink(missing_ok=True)
         # Stopping a deallocated instance leaves it deallocated, as in Azure.
         if not (marker == "stopped" and _read_power_marker(layout) == "deallocated"):
             write_file_atomically(layout.power, marker)
@@ -260,20 +296,30 @@ class LocalProvider(Provider):
 
     def _sweep_dead_init(self, layout: InstanceLayout) -> None:
         """Kill what a dead init left behind (its app, when the init itself was killed); forget it."""
-        record = _read_init_record(layout)
-        if record is None:
+        if _read_init_record(layout) is None:
             return
-        leftovers = []
-        for process in psutil.process_iter():
-            # Its process group outlives the init while members remain, so the group id cannot have been
-            # reused; the environment check guards the case where every member is gone and it was.
-            with suppress(OSError, psutil.Error):
-                in_group = os.getpgid(process.pid) == record.pid
-                if in_group and process.environ().get("SCALESET_OS_DISK") == str(layout.os_disk):
-                    process.kill()
-                    leftovers.append(process)
-        wait_until_gone(leftovers, self._stop_timeout)
+        self._sweep_instance_processes(layout)
         layout.init_json.unlink(missing_ok=True)
+
+    def _sweep_instance_processes(self, layout: InstanceLayout) -> None:
+        """SIGKILL every process that carries the instance's marker in its environment.
+
+        The init ends its whole tree, but a process can leave it: one whose init was killed, or a daemon a
+        handler started that the init could not adopt. Every process of an instance inherits
+        `SCALESET_OS_DISK=<this OS disk>` (unique per instance and provider root), so this finds them all,
+        whatever their session, group or parent. Only called when the instance's init is not running.
+        """
+        marker = str(layout.os_disk)
+        doomed = []
+        for process in psutil.process_iter():
+            if process.pid == os.getpid():
+                continue
+            # Other users' processes and zombies refuse to show their environment; neither matters here.
+            with suppress(OSError, psutil.Error):
+                if process.environ().get(ENV_OS_DISK) == marker:
+                    process.kill()
+                    doomed.append(process)
+        wait_until_gone(doomed, self._stop_timeout)
 
     def _live_init(self, layout: InstanceLayout) -> psutil.Process | None:
         """The instance's init process if it runs: alive, not a zombie, and not a reused pid."""
@@ -309,6 +355,10 @@ class LocalProvider(Provider):
             shutil.rmtree(staging, ignore_errors=True)
             raise ProviderError(f"cannot copy image {spec.image.path} to a new OS disk: {exc}") from exc
         retired = layout.root / ".os-old"
+        # The reports describe the OS disk that wrote them: gone before the new disk is in place, so that
+        # nothing ever shows the old disk's custom data or extensions as the new one's.
+        layout.custom_data_result.unlink(missing_ok=True)
+        layout.guest_status.unlink(missing_ok=True)
         if layout.os_disk.exists():
             os.replace(layout.os_disk, retired)
         os.replace(staging, layout.os_disk)
@@ -350,6 +400,61 @@ def _check_image(image: ImageArtifact) -> None:
         raise ProviderError(f"image directory {image.path} does not exist")
     if not image.entrypoint:
         raise ProviderError(f"image {image.path} has no entrypoint")
+
+
+def _check_guest_inputs(spec: InstanceSpec) -> None:
+    """Refuse a goal state the guest agent could not read, or a thumbprint that is no file name, before
+    anything is written."""
+    if spec.goal_state is not None:
+        try:
+            GoalState.from_json(spec.goal_state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"instance {spec.key!r}: invalid goal state: {exc}") from exc
+    for thumbprint, _, _ in spec.certificates:
+        if not _THUMBPRINT_PATTERN.fullmatch(thumbprint):
+            raise ProviderError(f"instance {spec.key!r}: invalid certificate thumbprint {thumbprint!r}")
+
+
+def _write_guest_inputs(layout: InstanceLayout, spec: InstanceSpec, *, with_custom_data: bool) -> None:
+    """The guest's inputs as files beside the OS disk: certificates first, then custom data, then the goal
+    state that may name the certificates. Each file is replaced atomically; one the spec lacks is removed."""
+    certificates = layout.certificates
+    certificates.mkdir(mode=0o700, exist_ok=True)
+    wanted: set[str] = set()
+    for thumbprint, cert_pem, key_pem in spec.certificates:
+        cert_path, key_path = layout.certificate_files(thumbprint)
+        write_file_atomically(key_path, key_pem, mode=0o600)
+        write_file_atomically(cert_path, cert_pem, mode=0o644)
+        wanted.update((cert_path.name, key_path.name))
+    for stale in certificates.iterdir():
+        if stale.name not in wanted and stale.suffix in (".crt", ".prv"):
+            stale.unlink(missing_ok=True)
+    if with_custom_data:
+        if spec.custom_data is None:
+            layout.custom_data.unlink(missing_ok=True)
+        else:
+            write_file_atomically(layout.custom_data, spec.custom_data, mode=0o600)
+    if spec.goal_state is None:
+        layout.goal_state.unlink(missing_ok=True)
+    else:
+        write_file_atomically(layout.goal_state, spec.goal_state, mode=0o600)
+
+
+def _read_custom_data_result(path: Path) -> CustomDataResult | None:
+    try:
+        return custom_data_result_from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json_text(path: Path) -> str | None:
+    """The file's text if it holds JSON; None when it is missing or not (yet) a whole document."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except (OSError, ValueError):
+        return None
+    return text
 
 
 def _signal_group(group: int, signum: signal.Signals) -> None:

@@ -31,6 +31,10 @@ TRANSITIONS: dict[str, tuple[str | None, str | None]] = {
 }
 
 
+# A task is open until it is done or failed: settling means acted, but the guest has not reported yet.
+OPEN_TASK_STATES = ("pending", "running", "settling")
+
+
 def start_operation(
     session: Session,
     *,
@@ -95,7 +99,7 @@ def get_operation(session: Session, subscription: str, operation_id: str) -> Ope
 def open_tasks(session: Session, operation_id: str) -> list[Task]:
     return list(
         session.scalars(
-            select(Task).where(Task.operation_id == operation_id, Task.status.in_(("pending", "running")))
+            select(Task).where(Task.operation_id == operation_id, Task.status.in_(OPEN_TASK_STATES))
         )
     )
 

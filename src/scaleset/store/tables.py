@@ -92,6 +92,10 @@ class Instance(Base):
     status_message: Mapped[str] = mapped_column(Text, default="")
     protect_from_scale_in: Mapped[bool] = mapped_column(Boolean, default=False)
     protect_from_scale_set_actions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The instance's certificate for protected settings (as Azure gives each VM one); the private key is
+    # sealed at rest. Made the first time an extension with protected settings reaches the instance.
+    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    private_key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -121,8 +125,12 @@ class Task(Base):
     operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"), index=True)
     instance_row_id: Mapped[int] = mapped_column(Integer)
     action: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))  # pending | running | done | failed
+    # pending | running | settling (acted; waiting for the guest to report) | done | failed
+    status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str] = mapped_column(Text, default="")
+    # While settling: what the guest must report (GuestExpectation as JSON) and by when.
+    expect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -141,8 +141,8 @@ def _integer_setting(settings: Mapping[str, Any], key: str, bounds: tuple[int, i
 def validate_settings(public: object, protected: object = None) -> ProbeSettings:
     """Check public and (decrypted) protected settings against §3's rules; raise SettingsError.
 
-    >>> validate_settings({"protocol": "tcp", "port": 22}).interval_seconds
-    5
+    Validated in unscaled seconds whatever SCALESET_APPHEALTH_TIME_SCALE says. gracePeriod is checked
+    for both state models but only rich states use it.
     """
     if protected not in (None, {}):
         raise SettingsError("protectedSettings must be empty: this extension takes no protected settings")
@@ -153,33 +153,41 @@ def validate_settings(public: object, protected: object = None) -> ProbeSettings
     unknown = sorted(key for key in public if key not in PUBLIC_KEYS)
     if unknown:
         raise SettingsError(f"unknown setting {unknown[0]!r}; the settings are {', '.join(PUBLIC_KEYS)}")
+    watch = public.get("vmWatchSettings")
+    if watch is not None and not isinstance(watch, dict):
+        raise SettingsError("vmWatchSettings must be a JSON object")
+    return ProbeSettings(*_probe_target(public), *_probe_timing(public))
 
+
+def _probe_target(public: Mapping[str, Any]) -> tuple[str, int | None, str]:
+    """(protocol, port, request path): tcp needs a port and no path, http(s) a path and maybe a port."""
     protocol = public.get("protocol")
     if protocol is None:
         protocol = DEFAULT
     elif protocol not in (TCP, HTTP, HTTPS):
         raise SettingsError(f"protocol must be 'tcp', 'http' or 'https', not {json.dumps(protocol)}")
     port = _integer_setting(public, "port", PORT_RANGE)
-    request_path = public.get("requestPath")
-    if request_path is None:
-        request_path = ""
-    if not isinstance(request_path, str):
-        raise SettingsError(f"requestPath must be a string, not {json.dumps(request_path)}")
+    path = public.get("requestPath")
+    if path is None:
+        path = ""
+    if not isinstance(path, str):
+        raise SettingsError(f"requestPath must be a string, not {json.dumps(path)}")
     if protocol == TCP:
         if port is None:
             raise SettingsError("port is required when protocol is 'tcp'")
-        if request_path:
+        if path:
             raise SettingsError("requestPath is not allowed when protocol is 'tcp'")
-    elif protocol in (HTTP, HTTPS):
-        if not request_path:
+        return protocol, port, path
+    if protocol in (HTTP, HTTPS):
+        if not path:
             raise SettingsError(f"requestPath is required when protocol is '{protocol}'")
-        if not request_path.startswith("/"):
-            request_path = "/" + request_path
-        if port is None:
-            port = 80 if protocol == HTTP else 443
-    else:
-        port = None  # the default probe touches no port
+        default_port = 80 if protocol == HTTP else 443
+        return protocol, port or default_port, path if path.startswith("/") else "/" + path
+    return DEFAULT, None, ""  # the default probe touches no port
 
+
+def _probe_timing(public: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(interval, numberOfProbes, gracePeriod); the grace period defaults to interval × probes."""
     interval = _integer_setting(public, "intervalInSeconds", INTERVAL_RANGE) or 5
     probes = _integer_setting(public, "numberOfProbes", PROBES_RANGE) or 1
     if interval * probes > MAX_SETTLE_SECONDS:
@@ -188,10 +196,7 @@ def validate_settings(public: object, protected: object = None) -> ProbeSettings
             f"(the probe settle time), not {interval} * {probes} = {interval * probes}"
         )
     grace = _integer_setting(public, "gracePeriod", GRACE_RANGE) or interval * probes
-    watch = public.get("vmWatchSettings")
-    if watch is not None and not isinstance(watch, dict):
-        raise SettingsError("vmWatchSettings must be a JSON object")
-    return ProbeSettings(protocol, port, request_path, interval, probes, grace)
+    return interval, probes, grace
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,10 +291,6 @@ class HealthTracker:
         self._streak_state: str | None = None
         self._streak = 0
         self._committed: str | None = None
-
-    @property
-    def in_grace_period(self) -> bool:
-        return self._in_grace
 
     def observe(self, probed: str, now: float) -> str:
         """Feed one probe result observed at `now`; return the state to report."""
