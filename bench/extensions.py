@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
-from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir  # noqa: E402
+from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir, scale_set_body  # noqa: E402
 
 from bench.foundation import BenchError, expect  # noqa: E402
 
@@ -54,24 +54,7 @@ EXTENSIONS = [
 
 
 def body(capacity: int, extensions: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": "1.0.0",
-                    }
-                },
-                "extensionProfile": {"extensions": extensions},
-            },
-        },
-    }
+    return scale_set_body(capacity, extensions=extensions, data_disk=False)
 
 
 def wait_for_operation(client: httpx.Client, response: httpx.Response, timeout: float) -> None:

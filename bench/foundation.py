@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir  # noqa: E402
+from tests.support import scale_set_body as support_body  # noqa: E402
 
 API = {"api-version": "2024-07-01"}
 GROUP = "rg-bench"
@@ -54,26 +55,7 @@ class BenchError(Exception):
 
 # ------------------------------------------------------------------------------------------- helpers
 def scale_set_body(capacity: int) -> dict[str, Any]:
-    return {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
-        "zones": ["1", "2", "3"],
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": "1.0.0",
-                    },
-                    "dataDisks": [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}],
-                },
-                "osProfile": {"computerNamePrefix": "bench"},
-            },
-        },
-    }
+    return support_body(capacity, zones=["1", "2", "3"], computer_name_prefix="bench")
 
 
 def expect(response: httpx.Response, *statuses: int) -> httpx.Response:

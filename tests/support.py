@@ -187,3 +187,50 @@ def dispose(server: ServerProcess) -> list[str]:
     leftovers = remove_leftover_instances(server.data_dir)
     shutil.rmtree(server.data_dir, ignore_errors=True)
     return leftovers
+
+
+def scale_set_body(
+    capacity: int,
+    *,
+    version: str = "1.0.0",
+    zones: list[str] | None = None,
+    data_disk: bool = True,
+    extensions: list[dict[str, Any]] | None = None,
+    custom_data: str | None = None,
+    computer_name_prefix: str | None = None,
+    **properties: Any,
+) -> dict[str, Any]:
+    """A scale-set PUT body on the sample webapp image (`scaleset:webapp:stable`), in eastus, Manual mode.
+
+    The one place tests and benchmarks build a scale set; keyword arguments add what a test needs.
+    """
+    import base64
+
+    profile: dict[str, Any] = {
+        "storageProfile": {
+            "imageReference": {
+                "publisher": "scaleset",
+                "offer": "webapp",
+                "sku": "stable",
+                "version": version,
+            },
+            "dataDisks": [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}] if data_disk else [],
+        },
+    }
+    os_profile: dict[str, Any] = {}
+    if computer_name_prefix:
+        os_profile["computerNamePrefix"] = computer_name_prefix
+    if custom_data is not None:
+        os_profile["customData"] = base64.b64encode(custom_data.encode()).decode()
+    if os_profile:
+        profile["osProfile"] = os_profile
+    if extensions is not None:
+        profile["extensionProfile"] = {"extensions": extensions}
+    body: dict[str, Any] = {
+        "location": "eastus",
+        "sku": {"name": "Standard_B1s", "capacity": capacity},
+        "properties": {"upgradePolicy": {"mode": "Manual"}, "virtualMachineProfile": profile, **properties},
+    }
+    if zones:
+        body["zones"] = zones
+    return body

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +68,8 @@ def publish_builtin_extensions(catalog: ExtensionCatalog) -> list[str]:
         if catalog.find(package.publisher, package.type, package.version) is not None:
             continue
         with tempfile.TemporaryDirectory() as scratch:
-            # Tests import the handler programs by path; their bytecode is not part of the package.
-            copy = Path(scratch) / package.path.name
-            shutil.copytree(package.path, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            catalog.publish(package.publisher, package.type, package.version, copy, builtin=True)
+            assembled = package.assemble(Path(scratch) / package.path.name)
+            catalog.publish(package.publisher, package.type, package.version, assembled, builtin=True)
         published.append(f"{package.handler_name} {package.version}")
     return published
 

@@ -4,7 +4,6 @@ each instance's vmHealth, and a failing extension failing provisioning (M-9, M-1
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +14,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 
 from tests.e2e.conftest import compute_client, resource_client
-from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir
+from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir, scale_set_body
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-guest"
@@ -47,29 +46,7 @@ SCRIPT = {
 
 
 def body(capacity: int, extensions: list[dict[str, Any]], custom_data: str | None = None) -> dict[str, Any]:
-    os_profile: dict[str, Any] = {"computerNamePrefix": "g"}
-    if custom_data:
-        os_profile["customData"] = base64.b64encode(custom_data.encode()).decode()
-    return {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": "1.0.0",
-                    },
-                    "dataDisks": [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}],
-                },
-                "osProfile": os_profile,
-                "extensionProfile": {"extensions": extensions},
-            },
-        },
-    }
+    return scale_set_body(capacity, extensions=extensions, custom_data=custom_data, computer_name_prefix="g")
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +134,39 @@ def test_application_health_becomes_vm_health(
         view = vms.get_instance_view(GROUP, "good", instance_id)
         return view.vm_health.status.code if view.vm_health else ""
 
+    address = address_of(server, "good", "1")
     eventually(lambda: health("1") == "HealthState/healthy")
-    assert app(address_of(server, "good", "1"), "/health/mode", "PUT", b"unhealthy").status_code == 200
-    eventually(lambda: health("1") == "HealthState/unhealthy")
-    assert app(address_of(server, "good", "1"), "/health/mode", "PUT", b"down").status_code == 200
-    eventually(lambda: health("1") == "HealthState/unknown")
+    # Rich states (extension-protocol.md §3): a 2xx saying Unhealthy is unhealthy; a non-2xx, a body
+    # without the state, or no answer within the probe timeout is unknown.
+    for mode, state in (
+        ("unhealthy", "unhealthy"),
+        ("healthy", "healthy"),
+        ("down", "unknown"),
+        ("healthy", "healthy"),
+        ("wrong-body", "unknown"),
+        ("healthy", "healthy"),
+        ("slow", "unknown"),
+        ("healthy", "healthy"),
+    ):
+        assert app(address, "/health/mode", "PUT", mode.encode()).status_code == 200
+        eventually(lambda state=state: health("1") == f"HealthState/{state}")  # type: ignore[misc]
     assert health("0") == "HealthState/healthy"
     summary = compute.virtual_machine_scale_sets.get_instance_view(GROUP, "good").extensions
     assert {e.name: {s.code: s.count for s in e.statuses_summary} for e in summary} == {
         "health": {"ProvisioningState/succeeded": 2},
         "script": {"ProvisioningState/succeeded": 2},
     }
+
+
+def test_per_instance_extension_views(compute: ComputeManagementClient) -> None:
+    extensions = compute.virtual_machine_scale_set_vm_extensions
+    listed = extensions.list(GROUP, "good", "0")
+    one = extensions.get(GROUP, "good", "0", "script", expand="instanceView")
+
+    assert sorted(e.name for e in listed.value) == ["health", "script"]
+    assert {e.provisioning_state for e in listed.value} == {"Succeeded"}
+    assert one.instance_view.statuses[0].code == "ProvisioningState/succeeded"
+    assert one.protected_settings is None
 
 
 def test_custom_data_runs_again_after_reimage_not_after_restart(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -14,33 +15,15 @@ from azure.mgmt.compute import ComputeManagementClient
 
 from tests.e2e.conftest import compute_client, resource_client
 from tests.support import ServerProcess
+from tests.support import scale_set_body as support_body
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-foundation"
 SET = "web"
 
 
-def scale_set_body(capacity: int, version: str = "1.0.0") -> dict[str, object]:
-    return {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
-        "zones": ["1", "2", "3"],
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": version,
-                    },
-                    "dataDisks": [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}],
-                },
-                "osProfile": {"computerNamePrefix": "web"},
-            },
-        },
-    }
+def scale_set_body(capacity: int, version: str = "1.0.0") -> dict[str, Any]:
+    return support_body(capacity, version=version, zones=["1", "2", "3"], computer_name_prefix="web")
 
 
 def addresses(server: ServerProcess) -> dict[str, str]:

@@ -19,7 +19,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 
 from tests.e2e.conftest import StaticToken
-from tests.support import REPO, ServerProcess, dispose, new_data_dir
+from tests.support import REPO, ServerProcess, dispose, new_data_dir, scale_set_body
 
 pytestmark = pytest.mark.e2e
 API = {"api-version": "2026-04-01"}
@@ -34,23 +34,7 @@ def set_path(server: ServerProcess, name: str, group: str = GROUP) -> str:
 
 
 def body(**changes: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": 1},
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": "1.0.0",
-                    }
-                }
-            },
-        },
-    }
+    document = scale_set_body(1, data_disk=False)
     for path, value in changes.items():
         target = document
         keys = path.split("__")

@@ -54,8 +54,9 @@ def instance_bin(root: Path) -> Path:
 
 
 def load_program(version: str) -> ModuleType:
-    """Import a package's bin/apphealth.py by path, without leaving __pycache__ in the package."""
-    path = builtin.BUILTIN_DIR / f"ApplicationHealthLinux-{version}" / "bin" / "apphealth.py"
+    """Import the packages' bin/apphealth.py by path (both versions ship 2.0.0's file), without leaving
+    __pycache__ in the package."""
+    path = builtin.BUILTIN_DIR / "ApplicationHealthLinux-2.0.0" / "bin" / "apphealth.py"
     spec = importlib.util.spec_from_file_location(f"apphealth_{version.replace('.', '_')}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -77,9 +78,16 @@ HEALTHY, UNHEALTHY, UNKNOWN, INITIALIZING = ah.HEALTHY, ah.UNHEALTHY, ah.UNKNOWN
 # The packages
 
 
-def test_both_versions_ship_the_same_program_and_differ_in_their_manifest() -> None:
-    one = builtin.BUILTIN_DIR / "ApplicationHealthLinux-1.0.0"
-    two = builtin.BUILTIN_DIR / "ApplicationHealthLinux-2.0.0"
+def assembled(version: str, tmp_path: Path) -> Path:
+    (package,) = [
+        p for p in builtin.builtin_packages() if p.type == "ApplicationHealthLinux" and p.version == version
+    ]
+    return package.assemble(tmp_path / f"ApplicationHealthLinux-{version}")
+
+
+def test_both_versions_ship_the_same_program_and_differ_in_their_manifest(tmp_path: Path) -> None:
+    one = assembled("1.0.0", tmp_path)
+    two = assembled("2.0.0", tmp_path)
     assert (one / "bin" / "apphealth.py").read_bytes() == (two / "bin" / "apphealth.py").read_bytes()
     assert (one / "bin" / "applicationhealth-shim").read_bytes() == (
         two / "bin" / "applicationhealth-shim"
@@ -89,8 +97,8 @@ def test_both_versions_ship_the_same_program_and_differ_in_their_manifest() -> N
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
-def test_handler_manifest_runs_the_shim_for_every_verb(version: str) -> None:
-    package = builtin.BUILTIN_DIR / f"ApplicationHealthLinux-{version}"
+def test_handler_manifest_runs_the_shim_for_every_verb(version: str, tmp_path: Path) -> None:
+    package = assembled(version, tmp_path)
     manifest = json.loads((package / "HandlerManifest.json").read_text())
     assert isinstance(manifest, list) and len(manifest) == 1
     commands = manifest[0]["handlerManifest"]
@@ -100,7 +108,7 @@ def test_handler_manifest_runs_the_shim_for_every_verb(version: str) -> None:
     assert os.access(package / "bin" / "applicationhealth-shim", os.X_OK)
 
 
-def test_builtin_packages_lists_every_shipped_package() -> None:
+def test_builtin_packages_lists_every_shipped_package(tmp_path: Path) -> None:
     found = {(p.publisher, p.type, p.version): p for p in builtin.builtin_packages()}
     assert set(found) == {
         ("Microsoft.ManagedServices", "ApplicationHealthLinux", "1.0.0"),
@@ -109,7 +117,9 @@ def test_builtin_packages_lists_every_shipped_package() -> None:
     }
     for package in found.values():
         assert package.path.name == f"{package.type}-{package.version}"
-        assert (package.path / "HandlerManifest.json").is_file()
+        complete = package.assemble(tmp_path / package.path.name)
+        assert (complete / "HandlerManifest.json").is_file()
+        assert not list(complete.rglob("__pycache__")) and not (complete / builtin.BASED_ON).exists()
     assert found["Microsoft.ManagedServices", "ApplicationHealthLinux", "2.0.0"].handler_name == HANDLER_NAME
 
 
@@ -530,7 +540,12 @@ class Handler:
         self.log_folder = root / "var" / "log" / "azure" / HANDLER_NAME
         self.version = version
         self.bin = instance_bin(root)
-        shutil.copytree(builtin.BUILTIN_DIR / f"ApplicationHealthLinux-{version}", self.dir)
+        (package,) = [
+            p
+            for p in builtin.builtin_packages()
+            if p.type == "ApplicationHealthLinux" and p.version == version
+        ]
+        package.assemble(self.dir)
         for name in ("config", "status"):
             (self.dir / name).mkdir(mode=0o700)
         (self.log_folder / "events").mkdir(parents=True)

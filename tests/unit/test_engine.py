@@ -26,6 +26,7 @@ from scaleset.providers.base import InstanceState
 from scaleset.services.scalesets import ScaleSetService
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel, Task
 from tests.fakes import FakeClock, FakeProvider, GatePoint
+from tests.support import scale_set_body
 
 SUB = "00000000-0000-0000-0000-000000000000"
 GROUP = "rg"
@@ -78,25 +79,7 @@ def publish(container: Container, root: Path, version: str) -> None:
 
 
 def set_body(capacity: int, version: str = "1.0.0", **properties: Any) -> dict[str, Any]:
-    return {
-        "location": "eastus",
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
-        "properties": {
-            "upgradePolicy": {"mode": "Manual"},
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {
-                        "publisher": "scaleset",
-                        "offer": "webapp",
-                        "sku": "stable",
-                        "version": version,
-                    },
-                    "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
-                }
-            },
-            **properties,
-        },
-    }
+    return scale_set_body(capacity, version=version, **properties)
 
 
 @dataclass

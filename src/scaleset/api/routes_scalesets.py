@@ -10,12 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from scaleset.api.deps import container, json_body, require_access
+from scaleset.api.guest_views import extension_views, guest_status_of
 from scaleset.api.lro import accepted, resource_response
 from scaleset.api.views import (
     instance_view,
     network_interface_view,
     scale_set_view,
     set_instance_view,
+    vm_id_of,
     vm_view,
 )
 from scaleset.bootstrap import Container
@@ -341,3 +343,67 @@ def delete_set_extension(
 ) -> Response:
     change = container(request).scalesets.delete_extension(subscription, group, name, extension)
     return accepted(request, change.operation)
+
+
+# ---------------------------------------------------------------------------- per-instance extensions
+def _vm_extension_views(
+    c: Container, scale_set: ScaleSet, instance: Instance, expand: bool
+) -> list[dict[str, Any]]:
+    """The extensions of the model the instance runs, with their state on this instance."""
+    renderer = _VmRenderer(c, scale_set)
+    profile = renderer.model(instance)
+    report = c.provider.read_guest_report(instance_key(scale_set, instance))
+    status = guest_status_of(report)
+    by_name = {e["name"]: e for e in extension_views(status)} if status else {}
+    vm_id = vm_id_of(scale_set, c.scalesets.group_name_of(scale_set), instance)
+    views = []
+    for extension in (profile.get("extensionProfile") or {}).get("extensions") or []:
+        properties = {
+            k: v
+            for k, v in extension["properties"].items()
+            if k not in ("protectedSettings", "protectedSettingsSealed")
+        }
+        seen = by_name.get(extension["name"])
+        code = seen["statuses"][0]["code"] if seen else "ProvisioningState/transitioning"
+        properties["provisioningState"] = (
+            "Succeeded"
+            if code == "ProvisioningState/succeeded"
+            else "Failed"
+            if code.startswith("ProvisioningState/failed")
+            else "Creating"
+        )
+        if expand and seen:
+            properties["instanceView"] = seen
+        views.append(
+            {
+                "id": f"{vm_id}/extensions/{extension['name']}",
+                "name": extension["name"],
+                "type": "Microsoft.Compute/virtualMachines/extensions",
+                "location": scale_set.location,
+                "properties": properties,
+            }
+        )
+    return views
+
+
+@router.get(VM + "/extensions")
+def list_vm_extensions(
+    request: Request, subscription: str, group: str, name: str, instance_id: str
+) -> dict[str, Any]:
+    c = container(request)
+    scale_set, instance = c.scalesets.get_instance(subscription, group, name, instance_id)
+    return {"value": _vm_extension_views(c, scale_set, instance, _expands_instance_view(request))}
+
+
+@router.get(VM + "/extensions/{extension}")
+def get_vm_extension(
+    request: Request, subscription: str, group: str, name: str, instance_id: str, extension: str
+) -> dict[str, Any]:
+    c = container(request)
+    scale_set, instance = c.scalesets.get_instance(subscription, group, name, instance_id)
+    for view in _vm_extension_views(c, scale_set, instance, _expands_instance_view(request)):
+        if view["name"].lower() == extension.lower():
+            return view
+    raise ArmError(
+        404, "ResourceNotFound", f"The extension '{extension}' of instance {instance_id} was not found."
+    )

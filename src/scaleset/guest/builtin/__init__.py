@@ -13,11 +13,13 @@ imports scaleset, because they run inside an instance with its system `python3` 
 - `CustomScript-2.1.0`: Microsoft.Azure.Extensions.CustomScript in the style of 2.x (`bin/custom-script.py`).
 
 `builtin_packages()` reads the names from those manifests, so a package's identity lives in one place.
-When publishing, copy a package without `__pycache__` directories (tests import the programs by path).
+Copy a package with `BuiltinPackage.assemble`, which leaves out bytecode caches (tests import the
+programs by path) and fills in a derived package (`based-on`) from its base.
 """
 
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,9 @@ from pathlib import Path
 BUILTIN_DIR = Path(__file__).resolve().parent
 HANDLER_MANIFEST = "HandlerManifest.json"
 PACKAGE_MANIFEST = "manifest.xml"
+# A package directory holding this file is assembled from the package it names plus its own files
+# (ApplicationHealthLinux 1.0.0 is 2.0.0's program with its own manifest.xml): one copy of the code.
+BASED_ON = "based-on"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,18 @@ class BuiltinPackage:
     def handler_name(self) -> str:
         """`Publisher.Type`, the name the agent gives the handler's directory and log folder."""
         return f"{self.publisher}.{self.type}"
+
+    def assemble(self, target: Path) -> Path:
+        """Lay the complete package out at `target` (which must not exist): its base package's files if
+        it has one, then its own; without bytecode caches. Returns `target`."""
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", BASED_ON)
+        base = self.path / BASED_ON
+        if base.is_file():
+            shutil.copytree(BUILTIN_DIR / base.read_text().strip(), target, ignore=ignore)
+            shutil.copytree(self.path, target, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copytree(self.path, target, ignore=ignore)
+        return target
 
 
 def read_package(path: Path) -> BuiltinPackage:
@@ -60,5 +77,9 @@ def read_package(path: Path) -> BuiltinPackage:
 
 def builtin_packages() -> list[BuiltinPackage]:
     """Every shipped package, sorted by directory name."""
-    directories = sorted(child for child in BUILTIN_DIR.iterdir() if (child / HANDLER_MANIFEST).is_file())
+    directories = sorted(
+        child
+        for child in BUILTIN_DIR.iterdir()
+        if (child / HANDLER_MANIFEST).is_file() or (child / BASED_ON).is_file()
+    )
     return [read_package(directory) for directory in directories]
