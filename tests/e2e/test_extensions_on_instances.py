@@ -215,5 +215,28 @@ def test_a_failing_custom_data_script_fails_provisioning(compute: ComputeManagem
     assert view.statuses[1].code == "PowerState/running"
 
 
+def test_add_an_extension_to_a_running_set_and_apply_it(compute: ComputeManagementClient) -> None:
+    compute.virtual_machine_scale_sets.begin_create_or_update(GROUP, "later", body(2, [])).result()
+    compute.virtual_machine_scale_set_extensions.begin_create_or_update(
+        GROUP, "later", "health", {"properties": HEALTH}
+    ).result()
+    assert not any(
+        vm.latest_model_applied for vm in compute.virtual_machine_scale_set_vms.list(GROUP, "later")
+    )
+
+    compute.virtual_machine_scale_sets.begin_update_instances(GROUP, "later", {"instanceIds": ["*"]}).result()
+
+    for vm in compute.virtual_machine_scale_set_vms.list(GROUP, "later", expand="instanceView"):
+        assert vm.latest_model_applied
+        assert [e.statuses[0].code for e in vm.instance_view.extensions] == ["ProvisioningState/succeeded"]
+    eventually(
+        lambda: all(
+            (view := compute.virtual_machine_scale_set_vms.get_instance_view(GROUP, "later", i)).vm_health
+            and view.vm_health.status.code == "HealthState/healthy"
+            for i in ("0", "1")
+        )
+    )
+
+
 def test_cleanup(server: ServerProcess) -> None:
     resource_client(server).resource_groups.begin_delete(GROUP).result()
