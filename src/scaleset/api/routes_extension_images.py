@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from scaleset.api.deps import container, require_access, require_admin
+from scaleset.api.routes_admin import DEFAULT_SUBSCRIPTION
 from scaleset.api.uploads import receive_upload
 from scaleset.domain.errors import ArmError
 from scaleset.domain.regions import normalize_location
@@ -92,5 +93,5 @@ async def publish_extension(request: Request, publisher: str, type: str, version
         request, c.settings.data_dir / "uploads", "a handler package (.zip or .tar.gz)"
     ) as path:
         image = await run_in_threadpool(c.extensions.publish, publisher, type, version, path)
-    subscription = request.query_params.get("subscription", "00000000-0000-0000-0000-000000000000")
+    subscription = request.query_params.get("subscription", DEFAULT_SUBSCRIPTION)
     return JSONResponse(status_code=201, content=extension_image_view(image, subscription, "global"))

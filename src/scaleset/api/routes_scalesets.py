@@ -15,6 +15,7 @@ from scaleset.api.lro import accepted, resource_response
 from scaleset.api.views import (
     instance_view,
     network_interface_view,
+    public_extension_properties,
     scale_set_view,
     set_instance_view,
     vm_id_of,
@@ -268,11 +269,7 @@ def vm_action(
 
 # ------------------------------------------------------------------------------ scale-set extensions
 def _extension_view(set_id: str, extension: dict[str, Any], provisioning_state: str) -> dict[str, Any]:
-    properties = {
-        k: v
-        for k, v in extension["properties"].items()
-        if k not in ("protectedSettings", "protectedSettingsSealed")
-    }
+    properties = public_extension_properties(extension["properties"])
     properties["provisioningState"] = provisioning_state
     return {
         "id": f"{set_id}/extensions/{extension['name']}",
@@ -358,11 +355,7 @@ def _vm_extension_views(
     vm_id = vm_id_of(scale_set, c.scalesets.group_name_of(scale_set), instance)
     views = []
     for extension in (profile.get("extensionProfile") or {}).get("extensions") or []:
-        properties = {
-            k: v
-            for k, v in extension["properties"].items()
-            if k not in ("protectedSettings", "protectedSettingsSealed")
-        }
+        properties = public_extension_properties(extension["properties"])
         seen = by_name.get(extension["name"])
         code = seen["statuses"][0]["code"] if seen else "ProvisioningState/transitioning"
         properties["provisioningState"] = (

@@ -29,6 +29,7 @@ SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VM_TYPE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
 # Written by clients, never shown again (Azure returns neither).
 _SECRET_OS_PROFILE_KEYS = ("adminPassword", "customData")
+_SECRET_EXTENSION_KEYS = ("protectedSettings", "protectedSettingsSealed")
 
 _POWER_DISPLAY = {
     "running": "VM running",
@@ -66,6 +67,11 @@ def group_view(group: ResourceGroup) -> Json:
     }
 
 
+def public_extension_properties(properties: Json) -> Json:
+    """An extension's properties as anyone may see them: protected settings never leave the server."""
+    return {k: copy.deepcopy(v) for k, v in properties.items() if k not in _SECRET_EXTENSION_KEYS}
+
+
 def _without_secrets(profile: Json) -> Json:
     clean = copy.deepcopy(profile)
     os_profile = clean.get("osProfile") or {}
@@ -73,8 +79,7 @@ def _without_secrets(profile: Json) -> Json:
         os_profile.pop(key, None)
     for extension in (clean.get("extensionProfile") or {}).get("extensions") or []:
         if isinstance(extension, dict):
-            for key in ("protectedSettings", "protectedSettingsSealed"):
-                (extension.get("properties") or {}).pop(key, None)
+            extension["properties"] = public_extension_properties(extension.get("properties") or {})
     return clean
 
 
