@@ -37,9 +37,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8420,
     database_url: Annotated[
         str | None,
-        typer.Option(
-            help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir]"
-        ),
+        typer.Option(help="SQLAlchemy URL [default: SQLite in the data dir; only SQLite is tested so far]"),
     ] = None,
     tls: Annotated[
         bool,
