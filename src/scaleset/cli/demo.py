@@ -6,7 +6,9 @@ It drives the server through its public API only, the same way any client does.
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,16 +80,19 @@ def _run_demo(endpoint: str, token_path: Path, ca_cert: str | None) -> None:
         address = nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
         answer = _wait_for_app(f"http://{address}:8080/")
         console.print(f"  instance {answer.get('instance')} at http://{address}:8080/ answers {answer}")
+    # The command as it can be typed in another terminal, venv activated or not.
+    cli = shutil.which("scaleset") or str(Path(sys.executable).with_name("scaleset"))
     console.print(
         "[bold]demo ready.[/bold] Try, in another terminal:\n"
         f"  export SCALESET_ENDPOINT={endpoint} SCALESET_TOKEN=$(cat {token_path})\n"
-        "  scaleset vmss list-instances -g demo -n web -o table --expand instanceView\n"
-        "  scaleset vmss scale -g demo -n web --new-capacity 5\n"
-        "  scaleset vmss update -g demo -n web \\\n"
+        f"  {cli} vmss list-instances -g demo -n web -o table --expand instanceView\n"
+        f"  {cli} vmss scale -g demo -n web --new-capacity 5\n"
+        f"  {cli} vmss update -g demo -n web \\\n"
         "      --set virtualMachineProfile.storageProfile.imageReference.version=1.1.0\n"
-        "  scaleset vmss reimage -g demo -n web --instance-ids 0\n"
-        "  scaleset vm image list --all -l eastus -p scaleset -o table\n"
-        "  scaleset group delete -n demo --yes      # stops every instance and removes its disks"
+        f"  {cli} vmss update-instances -g demo -n web --instance-ids '*'\n"
+        f"  {cli} vmss reimage -g demo -n web --instance-ids 0\n"
+        f"  {cli} vm image list --all -l eastus -p scaleset -o table\n"
+        f"  {cli} group delete -n demo --yes      # stops every instance and removes its disks"
     )
 
 
