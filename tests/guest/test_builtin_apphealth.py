@@ -10,67 +10,41 @@ own plays the application. SCALESET_APPHEALTH_TIME_SCALE=100 makes a 5 s interva
 from __future__ import annotations
 
 import contextlib
-import datetime
-import importlib.util
 import json
 import os
 import random
 import shutil
 import socket
-import socketserver
 import ssl
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 import scaleset.guest.builtin as builtin
+from tests.guest.handler_harness import (
+    WAIT_SECONDS,
+    HandlerDir,
+    LoopbackServer,
+    QuietHandler,
+    kill_leftovers,
+    load_program,
+    processes_under,
+    save_pem,
+    self_signed_certificate,
+    serve_in_thread,
+)
 
 HANDLER_NAME = "Microsoft.ManagedServices.ApplicationHealthLinux"
 TIME_SCALE = 100.0
-WAIT_SECONDS = 15.0
 
-
-def instance_bin(root: Path) -> Path:
-    """`<root>/usr/bin` with `python3` = the base interpreter: the instance's system python3, which
-    cannot import scaleset (no venv), started directly rather than through pyenv's slower shim."""
-    directory = root / "usr" / "bin"
-    directory.mkdir(parents=True, exist_ok=True)
-    base = Path(sys.base_prefix) / "bin" / "python3"
-    (directory / "python3").symlink_to(base if base.exists() else Path(shutil.which("python3") or "python3"))
-    return directory
-
-
-def load_program(version: str) -> ModuleType:
-    """Import the packages' bin/apphealth.py by path (both versions ship 2.0.0's file), without leaving
-    __pycache__ in the package."""
-    path = builtin.BUILTIN_DIR / "ApplicationHealthLinux-2.0.0" / "bin" / "apphealth.py"
-    spec = importlib.util.spec_from_file_location(f"apphealth_{version.replace('.', '_')}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    writes_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = writes_bytecode
-    return module
-
-
-ah = load_program("2.0.0")
+# Both versions ship 2.0.0's bin/apphealth.py; imported by path.
+ah = load_program(
+    builtin.BUILTIN_DIR / "ApplicationHealthLinux-2.0.0" / "bin" / "apphealth.py", "apphealth_2_0_0"
+)
 HEALTHY, UNHEALTHY, UNKNOWN, INITIALIZING = ah.HEALTHY, ah.UNHEALTHY, ah.UNKNOWN, ah.INITIALIZING
 
 
@@ -78,11 +52,15 @@ HEALTHY, UNHEALTHY, UNKNOWN, INITIALIZING = ah.HEALTHY, ah.UNHEALTHY, ah.UNKNOWN
 # The packages
 
 
-def assembled(version: str, tmp_path: Path) -> Path:
-    (package,) = [
+def package(version: str) -> builtin.BuiltinPackage:
+    (found,) = [
         p for p in builtin.builtin_packages() if p.type == "ApplicationHealthLinux" and p.version == version
     ]
-    return package.assemble(tmp_path / f"ApplicationHealthLinux-{version}")
+    return found
+
+
+def assembled(version: str, tmp_path: Path) -> Path:
+    return package(version).assemble(tmp_path / f"ApplicationHealthLinux-{version}")
 
 
 def test_both_versions_ship_the_same_program_and_differ_in_their_manifest(tmp_path: Path) -> None:
@@ -404,19 +382,14 @@ def random_loopback() -> str:
     return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
-class App(ThreadingHTTPServer):
+class App(LoopbackServer):
     """The instance's application: GET /health answers according to `mode`."""
 
-    daemon_threads = True
     mode = "healthy"
 
     def __init__(self) -> None:
         super().__init__((random_loopback(), 0), AppHandler)
         self.requests: list[tuple[str, str]] = []
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look the address up in DNS (getfqdn); nothing here needs a name.
-        socketserver.TCPServer.server_bind(self)
 
     @property
     def address(self) -> str:
@@ -427,7 +400,7 @@ class App(ThreadingHTTPServer):
         return int(self.server_address[1])
 
 
-class AppHandler(BaseHTTPRequestHandler):
+class AppHandler(QuietHandler):
     server: App
 
     def do_GET(self) -> None:
@@ -436,7 +409,7 @@ class AppHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             if mode == "slow":  # far beyond the probe timeout of 30 s / TIME_SCALE
                 time.sleep(1.5)
-                self.answer(200, b'{"ApplicationHealthState": "Healthy"}')
+                self.answer(200, b'{"ApplicationHealthState": "Healthy"}', "application/json")
             elif mode == "redirect":
                 self.send_response(302)
                 self.send_header("Location", "/elsewhere")
@@ -449,165 +422,67 @@ class AppHandler(BaseHTTPRequestHandler):
                     "error": (500, b'{"ApplicationHealthState": "Healthy"}'),
                     "wrong-body": (200, b"all good"),
                 }[mode]
-                self.answer(status, body)
-
-    def answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+                self.answer(status, body, "application/json")
 
 
 @pytest.fixture
 def app() -> Iterator[App]:
-    server = App()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-the-probed-name")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "app.crt", directory / "app.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    with serve_in_thread(App()) as server:
+        yield server
 
 
 def test_https_probe_does_not_verify_the_certificate(tmp_path: Path) -> None:
     server = App()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*self_signed_certificate(tmp_path))
+    cert_path, key_path = tmp_path / "app.crt", tmp_path / "app.key"
+    save_pem(*self_signed_certificate("not-the-probed-name"), cert_path, key_path)
+    context.load_cert_chain(cert_path, key_path)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_in_thread(server):
         settings = ah.validate_settings({"protocol": "https", "port": server.port, "requestPath": "/health"})
         assert ah.probe_http(settings, server.address, True, 5.0).state == HEALTHY
         server.mode = "unhealthy"
         assert ah.probe_http(settings, server.address, True, 5.0).state == UNHEALTHY
         plain = ah.validate_settings({"protocol": "http", "port": server.port, "requestPath": "/health"})
         assert ah.probe_http(plain, server.address, True, 5.0).state == UNKNOWN  # http to a TLS port
-    finally:
-        server.shutdown()
-        server.server_close()
     assert {agent for _, agent in server.requests} == {"ApplicationHealthExtension/1.0"}
 
 
-def processes_under(directory: Path) -> list[psutil.Process]:
-    """Live processes whose command line mentions the directory (the daemon: …/bin/apphealth.py)."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            if process.info["status"] != psutil.STATUS_ZOMBIE and str(directory) in " ".join(
-                process.info["cmdline"] or []
-            ):
-                found.append(process)
-    return found
-
-
-class Handler:
+class Handler(HandlerDir):
     """One installed handler directory, `<root>/var/lib/waagent/<HandlerName>-<version>`."""
 
+    handler_name = HANDLER_NAME
+    shim = "applicationhealth-shim"
+
     def __init__(self, root: Path, version: str, address: str) -> None:
-        self.root = root
         self.address = address
-        self.dir = root / "var" / "lib" / "waagent" / f"{HANDLER_NAME}-{version}"
-        self.log_folder = root / "var" / "log" / "azure" / HANDLER_NAME
-        self.version = version
-        self.bin = instance_bin(root)
-        (package,) = [
-            p
-            for p in builtin.builtin_packages()
-            if p.type == "ApplicationHealthLinux" and p.version == version
-        ]
-        package.assemble(self.dir)
-        for name in ("config", "status"):
-            (self.dir / name).mkdir(mode=0o700)
-        (self.log_folder / "events").mkdir(parents=True)
-        environment = {
-            "logFolder": str(self.log_folder),
-            "configFolder": str(self.dir / "config"),
-            "statusFolder": str(self.dir / "status"),
-            "heartbeatFile": str(self.dir / "heartbeat.log"),
-            "eventsFolder": str(self.log_folder / "events"),
-            "eventsFolder_preview": str(self.log_folder / "events"),
+        super().__init__(root, version)
+
+    def install_package(self, directory: Path) -> None:
+        package(self.version).assemble(directory)
+
+    def write_settings(
+        self,
+        seq: int,
+        public: dict[str, Any] | None,
+        protected: str | None = None,
+        thumbprint: str | None = None,
+    ) -> None:
+        if public is None:  # what the agent writes for an extension without settings
+            (self.dir / "config" / f"{seq}.settings").write_text("")
+        else:
+            super().write_settings(seq, public, protected, thumbprint)
+
+    def command_environment(self, seq: int) -> dict[str, str]:
+        return {
+            **super().command_environment(seq),
+            "SCALESET_INSTANCE_ADDRESS": self.address,
+            "SCALESET_APPHEALTH_TIME_SCALE": str(TIME_SCALE),
         }
-        document = [{"name": HANDLER_NAME, "version": 1.0, "handlerEnvironment": environment}]
-        (self.dir / "HandlerEnvironment.json").write_text(json.dumps(document))
 
-    def write_settings(self, seq: int, public: dict[str, Any] | None) -> None:
-        handler_settings = {
-            "publicSettings": public,
-            "protectedSettings": None,
-            "protectedSettingsCertThumbprint": None,
-        }
-        text = (
-            json.dumps({"runtimeSettings": [{"handlerSettings": handler_settings}]})
-            if public is not None
-            else ""
-        )
-        (self.dir / "config" / f"{seq}.settings").write_text(text)
-
-    def run(self, verb: str, seq: int = 0) -> subprocess.CompletedProcess[str]:
-        """Run a command as the agent does: shell, cwd = handler dir, its own session, agent variables."""
-        env = dict(os.environ)
-        env.update(
-            {
-                "AZURE_GUEST_AGENT_EXTENSION_PATH": str(self.dir),
-                "AZURE_GUEST_AGENT_EXTENSION_VERSION": self.version,
-                "ConfigSequenceNumber": str(seq),
-                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-                "SCALESET_INSTANCE_ADDRESS": self.address,
-                "SCALESET_APPHEALTH_TIME_SCALE": str(TIME_SCALE),
-            }
-        )
-        command = str(self.dir / f"bin/applicationhealth-shim {verb}")
-        return subprocess.run(
-            command,
-            shell=True,
-            cwd=self.dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            start_new_session=True,
-        )
-
-    def enable(self, seq: int, public: dict[str, Any] | None) -> None:
+    def enable(self, seq: int = 0, public: dict[str, Any] | None = None) -> None:
         self.write_settings(seq, public)
-        done = self.run("enable", seq)
-        assert done.returncode == 0, done.stderr
-
-    def status(self, seq: int = 0) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads((self.dir / "status" / f"{seq}.status").read_text())[0]["status"])
-        except (OSError, ValueError):
-            return None
+        super().enable(seq)
 
     def health(self, seq: int = 0) -> str | None:
         """The ApplicationHealthState substatus's message, None before the first probe."""
@@ -645,8 +520,7 @@ def make_handler(tmp_path: Path) -> Iterator[Callable[..., Handler]]:
 
     def make(version: str = "2.0.0", address: str = "127.0.0.1", name: str = "instance") -> Handler:
         handler = Handler(tmp_path / name, version, address)
-        done = handler.run("install")
-        assert done.returncode == 0, done.stderr
+        handler.install()
         handlers.append(handler)
         return handler
 
@@ -657,10 +531,7 @@ def make_handler(tmp_path: Path) -> Iterator[Callable[..., Handler]]:
         if handler.dir.exists():
             handler.run("disable")
         leftovers += processes_under(handler.dir)
-    for process in leftovers:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    assert not leftovers, f"processes left behind: {leftovers}"
+    kill_leftovers(leftovers)
 
 
 def substatus_map(status: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -8,65 +8,39 @@ protected settings, run `bin/custom-script-shim <verb>` from it and wait for a t
 from __future__ import annotations
 
 import base64
-import contextlib
-import datetime
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socketserver
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psutil
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
 import scaleset.guest.builtin as builtin
+from tests.guest import handler_harness
+from tests.guest.handler_harness import (
+    WAIT_SECONDS,
+    HandlerDir,
+    LoopbackServer,
+    QuietHandler,
+    kill_leftovers,
+    load_program,
+    save_pem,
+    self_signed_certificate,
+    serve_in_thread,
+)
 
 HANDLER_NAME = "Microsoft.Azure.Extensions.CustomScript"
 PACKAGE = builtin.BUILTIN_DIR / "CustomScript-2.1.0"
-WAIT_SECONDS = 15.0
 
-
-def instance_bin(root: Path) -> Path:
-    """`<root>/usr/bin` with `python3` = the base interpreter: the instance's system python3, which
-    cannot import scaleset (no venv), started directly rather than through pyenv's slower shim."""
-    directory = root / "usr" / "bin"
-    directory.mkdir(parents=True, exist_ok=True)
-    base = Path(sys.base_prefix) / "bin" / "python3"
-    (directory / "python3").symlink_to(base if base.exists() else Path(shutil.which("python3") or "python3"))
-    return directory
-
-
-def load_program() -> ModuleType:
-    """Import bin/custom-script.py by path, without leaving __pycache__ in the package."""
-    spec = importlib.util.spec_from_file_location("custom_script", PACKAGE / "bin" / "custom-script.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    writes_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = writes_bytecode
-    return module
-
-
-cs = load_program()
+# bin/custom-script.py, imported by path, without leaving __pycache__ in the package.
+cs = load_program(PACKAGE / "bin" / "custom-script.py", "custom_script")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,24 +181,18 @@ def test_status_document_shape() -> None:
 # End to end
 
 
-class Files(ThreadingHTTPServer):
+class Files(LoopbackServer):
     """A file server: /hello.sh (a CRLF script), /secret.sh (403, an expired SAS token)."""
-
-    daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), FilesHandler)
         self.requests: list[str] = []
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look the address up in DNS (getfqdn); nothing here needs a name.
-        socketserver.TCPServer.server_bind(self)
-
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
-class FilesHandler(BaseHTTPRequestHandler):
+class FilesHandler(QuietHandler):
     server: Files
 
     def do_GET(self) -> None:
@@ -235,53 +203,24 @@ class FilesHandler(BaseHTTPRequestHandler):
             status, body = 200, b"#!/bin/sh\r\necho downloaded\r\n"
         else:
             status, body = 404, b"not found"
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.answer(status, body)
 
 
 @pytest.fixture
 def files() -> Iterator[Files]:
-    server = Files()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serve_in_thread(Files()) as server:
+        yield server
 
 
 class Certificate:
     """A self-signed certificate and key, saved as the agent saves them: <lib>/<THUMBPRINT>.crt/.prv."""
 
     def __init__(self, lib_dir: Path) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scaleset-test")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
+        self.certificate, key = self_signed_certificate("scaleset-test")
         self.thumbprint = self.certificate.fingerprint(hashes.SHA1()).hex().upper()
         lib_dir.mkdir(parents=True, exist_ok=True)
-        (lib_dir / f"{self.thumbprint}.crt").write_bytes(
-            self.certificate.public_bytes(serialization.Encoding.PEM)
-        )
-        (lib_dir / f"{self.thumbprint}.prv").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
+        save_pem(
+            self.certificate, key, lib_dir / f"{self.thumbprint}.crt", lib_dir / f"{self.thumbprint}.prv"
         )
 
     def encrypt(self, settings: dict[str, Any]) -> str:
@@ -295,87 +234,20 @@ class Certificate:
 
 def processes_under(directory: Path) -> list[psutil.Process]:
     """Live processes whose command line or working directory is inside the handler directory."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
-        with contextlib.suppress(psutil.Error):
-            if process.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
-            if str(directory) in text:
-                found.append(process)
-    return found
+    return handler_harness.processes_under(directory, by_cwd=True)
 
 
-class Handler:
+class Handler(HandlerDir):
     """One installed handler directory, `<root>/var/lib/waagent/<HandlerName>-2.1.0`."""
 
+    handler_name = HANDLER_NAME
+    shim = "custom-script-shim"
+
     def __init__(self, root: Path) -> None:
-        self.lib_dir = root / "var" / "lib" / "waagent"
-        self.dir = self.lib_dir / f"{HANDLER_NAME}-2.1.0"
-        self.log_folder = root / "var" / "log" / "azure" / HANDLER_NAME
-        self.bin = instance_bin(root)
-        shutil.copytree(PACKAGE, self.dir)
-        for name in ("config", "status"):
-            (self.dir / name).mkdir(mode=0o700)
-        (self.log_folder / "events").mkdir(parents=True)
-        environment = {
-            "logFolder": str(self.log_folder),
-            "configFolder": str(self.dir / "config"),
-            "statusFolder": str(self.dir / "status"),
-            "heartbeatFile": str(self.dir / "heartbeat.log"),
-            "eventsFolder": str(self.log_folder / "events"),
-            "eventsFolder_preview": str(self.log_folder / "events"),
-        }
-        document = [{"name": HANDLER_NAME, "version": 1.0, "handlerEnvironment": environment}]
-        (self.dir / "HandlerEnvironment.json").write_text(json.dumps(document))
+        super().__init__(root, "2.1.0")
 
-    def write_settings(
-        self,
-        seq: int,
-        public: dict[str, Any] | None,
-        protected: str | None = None,
-        thumbprint: str | None = None,
-    ) -> None:
-        handler_settings = {
-            "publicSettings": public,
-            "protectedSettings": protected,
-            "protectedSettingsCertThumbprint": thumbprint,
-        }
-        document = {"runtimeSettings": [{"handlerSettings": handler_settings}]}
-        (self.dir / "config" / f"{seq}.settings").write_text(json.dumps(document))
-
-    def run(self, verb: str, seq: int = 0) -> subprocess.CompletedProcess[str]:
-        """Run a command as the agent does: shell, cwd = handler dir, its own session, agent variables."""
-        env = dict(os.environ)
-        env.update(
-            {
-                "AZURE_GUEST_AGENT_EXTENSION_PATH": str(self.dir),
-                "AZURE_GUEST_AGENT_EXTENSION_VERSION": "2.1.0",
-                "ConfigSequenceNumber": str(seq),
-                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            }
-        )
-        command = str(self.dir / f"bin/custom-script-shim {verb}")
-        return subprocess.run(
-            command,
-            shell=True,
-            cwd=self.dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            start_new_session=True,
-        )
-
-    def enable(self, seq: int = 0) -> None:
-        done = self.run("enable", seq)
-        assert done.returncode == 0, done.stderr
-
-    def status(self, seq: int = 0) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads((self.dir / "status" / f"{seq}.status").read_text())[0]["status"])
-        except (OSError, ValueError):
-            return None
+    def install_package(self, directory: Path) -> None:
+        shutil.copytree(PACKAGE, directory)
 
     def wait_for_result(self, seq: int = 0) -> dict[str, Any]:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -393,16 +265,11 @@ class Handler:
 @pytest.fixture
 def handler(tmp_path: Path) -> Iterator[Handler]:
     made = Handler(tmp_path)
-    done = made.run("install")
-    assert done.returncode == 0, done.stderr
+    made.install()
     yield made
     # Runs even when the test failed: no script may outlive its test.
     made.run("uninstall")
-    leftovers = processes_under(made.dir)
-    for process in leftovers:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    assert not leftovers, f"processes left behind: {leftovers}"
+    kill_leftovers(processes_under(made.dir))
 
 
 def outputs(status: dict[str, Any]) -> dict[str, str]:
