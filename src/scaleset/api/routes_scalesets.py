@@ -16,12 +16,14 @@ from scaleset.api.views import (
     instance_view,
     network_interface_view,
     public_extension_properties,
+    public_model,
     scale_set_view,
     set_instance_view,
     vm_id_of,
     vm_view,
 )
 from scaleset.bootstrap import Container
+from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.scaleset_spec import ImageRequest
 from scaleset.engine.executor import instance_key
@@ -134,7 +136,8 @@ class _VmRenderer:
         self._set = scale_set
         self._group_name = c.scalesets.group_name_of(scale_set)
         self._models: dict[int, dict[str, Any]] = {}
-        self._manifests: dict[tuple[int, str], dict[str, Any] | None] = {}
+        self._public_models: dict[int, dict[str, Any]] = {}
+        self._manifests: dict[tuple[int, str], ImageManifest | None] = {}
 
     def model(self, instance: Instance) -> dict[str, Any]:
         if instance.model_version not in self._models:
@@ -153,13 +156,17 @@ class _VmRenderer:
                     reference["publisher"], reference["offer"], reference["sku"], instance.image_version
                 ),
             )
-            self._manifests[key] = image.manifest if image else None
+            self._manifests[key] = parse_image_manifest(image.manifest) if image else None
         report = self._c.provider.read_guest_report(instance_key(self._set, instance))
         return instance_view(self._set, instance, self.model(instance), self._manifests[key], report)
 
     def vm(self, instance: Instance, expand: bool) -> dict[str, Any]:
         view = self.instance_view(instance) if expand else None
-        return vm_view(self._set, self._group_name, instance, self.model(instance), view)
+        if instance.model_version not in self._public_models:
+            self._public_models[instance.model_version] = public_model(self.model(instance))
+        return vm_view(
+            self._set, self._group_name, instance, self._public_models[instance.model_version], view
+        )
 
 
 def _expands_instance_view(request: Request) -> bool:

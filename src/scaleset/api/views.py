@@ -17,7 +17,7 @@ from scaleset.api.guest_views import (
     vm_agent_view,
     vm_health_view,
 )
-from scaleset.catalog.manifest import parse_image_manifest
+from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.engine.executor import computer_name
 from scaleset.providers.base import GuestReport
 from scaleset.services.scalesets import group_id_of, set_id_of
@@ -72,7 +72,8 @@ def public_extension_properties(properties: Json) -> Json:
     return {k: copy.deepcopy(v) for k, v in properties.items() if k not in _SECRET_EXTENSION_KEYS}
 
 
-def _without_secrets(profile: Json) -> Json:
+def public_model(profile: Json) -> Json:
+    """A copy of a model without its secrets (admin password, custom data, protected settings)."""
     clean = copy.deepcopy(profile)
     os_profile = clean.get("osProfile") or {}
     for key in _SECRET_OS_PROFILE_KEYS:
@@ -86,7 +87,7 @@ def _without_secrets(profile: Json) -> Json:
 def scale_set_view(scale_set: ScaleSet, group_name: str) -> Json:
     document = copy.deepcopy(scale_set.document)
     properties = document["properties"]
-    profile = _without_secrets(properties["virtualMachineProfile"])
+    profile = public_model(properties["virtualMachineProfile"])
     profile["storageProfile"]["imageReference"]["exactVersion"] = scale_set.exact_image_version
     profile["timeCreated"] = iso(scale_set.created_at)
     properties["virtualMachineProfile"] = profile
@@ -141,9 +142,8 @@ def instance_statuses(instance: Instance) -> list[Json]:
 
 
 def instance_view(
-    scale_set: ScaleSet, instance: Instance, model: Json, image_manifest: Json | None, report: GuestReport
+    scale_set: ScaleSet, instance: Instance, model: Json, manifest: ImageManifest | None, report: GuestReport
 ) -> Json:
-    manifest = parse_image_manifest(image_manifest) if image_manifest else None
     prefix = model["osProfile"]["computerNamePrefix"]
     view: Json = {
         "platformUpdateDomain": instance.update_domain,
@@ -186,10 +186,11 @@ def vm_id_of(scale_set: ScaleSet, group_name: str, instance: Instance) -> str:
 
 
 def vm_view(
-    scale_set: ScaleSet, group_name: str, instance: Instance, model: Json, expanded_view: Json | None = None
+    scale_set: ScaleSet, group_name: str, instance: Instance, profile: Json, expanded_view: Json | None = None
 ) -> Json:
+    """One VM. `profile` is its model already through `public_model`; it is read, never changed, so one
+    copy serves every instance on that model version."""
     vm_id = vm_id_of(scale_set, group_name, instance)
-    profile = _without_secrets(model)
     reference = dict(profile["storageProfile"]["imageReference"])
     reference["exactVersion"] = instance.image_version
     properties: Json = {
