@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from scaleset.catalog.extensions import ExtensionCatalog
@@ -46,7 +46,7 @@ class Container:
     executor: Executor
     scalesets: ScaleSetService
     tokens: TokenService
-    pool: ipaddress.IPv4Network = field(default_factory=lambda: parse_pool(DEFAULT_POOL))
+    pool: ipaddress.IPv4Network
 
     def start(self) -> None:
         """Migrate the schema, publish the built-in handler packages, then resume the engine."""

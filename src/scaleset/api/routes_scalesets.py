@@ -27,7 +27,7 @@ from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.scaleset_spec import ImageRequest
 from scaleset.engine.executor import instance_key
-from scaleset.services.scalesets import POWER_ACTIONS
+from scaleset.services.scalesets import POWER_ACTIONS, set_id_of
 from scaleset.store.tables import Instance, ScaleSet
 
 router = APIRouter(dependencies=[Depends(require_access)])
@@ -292,7 +292,7 @@ def _extensions_of(scale_set: ScaleSet) -> list[dict[str, Any]]:
 
 
 def _set_extension_views(c: Container, scale_set: ScaleSet) -> list[dict[str, Any]]:
-    set_id = _set_view(c, scale_set)["id"]
+    set_id = set_id_of(scale_set.subscription, c.scalesets.group_name_of(scale_set), scale_set.name)
     return [_extension_view(set_id, e, scale_set.provisioning_state) for e in _extensions_of(scale_set)]
 
 

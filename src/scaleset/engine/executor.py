@@ -261,19 +261,18 @@ class Executor:
                     earlier.error = f"superseded by {task.action} before the guest reported"
                     complete_if_done(session, earlier.operation_id, now)
                 task.status = "running"
-                expect = None
+                claimed_task = ClaimedTask(task.id, task.action, instance_key(scale_set, instance), spec)
                 if spec is not None and task.action in PROVISIONING_ACTIONS:
-                    expect = _expectation(spec)
-                claimed.append(
-                    ClaimedTask(
+                    # Only provisioning waits for the guest, so only it needs the time budget.
+                    claimed_task = ClaimedTask(
                         task.id,
                         task.action,
-                        instance_key(scale_set, instance),
+                        claimed_task.key,
                         spec,
-                        expect,
+                        _expectation(spec),
                         _extensions_budget(session, instance),
                     )
-                )
+                claimed.append(claimed_task)
         return claimed
 
     def _spec(self, session: Session, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scaleset.domain.versions import ExtensionVersion
+from scaleset.guest.files import write_file_atomically
 from scaleset.guest.goalstate import (
     CODE_UNKNOWN_FAILURE,
     TERMINAL_STATUSES,
@@ -63,7 +64,6 @@ from scaleset.guest.goalstate import (
     parse_status_file,
     status_for_unparsable,
     unreadable_status,
-    write_file_atomically,
 )
 from scaleset.guest.handler_manifest import (
     CODE_MANIFEST_NOT_FOUND,

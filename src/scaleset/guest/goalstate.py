@@ -14,9 +14,7 @@ cheap to import (stdlib and the domain's version type only): the instance's init
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,25 +52,6 @@ _NAME_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
 # -- files -----------------------------------------------------------------------------------------------
-
-
-def write_file_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half a file.
-
-    The temporary name carries the pid and thread id: the agent and a status writer may write the
-    same file from two threads. `mode` is set on the temporary file before any byte is written, so a
-    secret never exists with wider permissions.
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)  # O_CREAT's mode is filtered by the umask
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # -- goal state ------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
+from scaleset.guest.files import write_file_atomically
 from scaleset.providers.base import CustomDataResult, ImageArtifact, InstanceSpec
 
 if TYPE_CHECKING:
@@ -191,24 +192,6 @@ class InstanceLayout:
     @property
     def cloud_init_output_log(self) -> Path:
         return self.os_disk / "var" / "log" / "cloud-init-output.log"
-
-
-def write_file_atomically(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half a file.
-
-    `mode` is set before any byte is written, so a secret never exists with wider permissions.
-    """
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # O_CREAT's mode is filtered by the umask
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def spec_to_json(spec: InstanceSpec) -> str:

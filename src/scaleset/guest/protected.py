@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from scaleset.guest.goalstate import write_file_atomically
+from scaleset.guest.files import write_file_atomically
 
 CERTIFICATE_SUBJECT = "scaleset instance protected settings"
 # Long enough never to expire under a running instance; nothing checks validity on decrypt anyway.

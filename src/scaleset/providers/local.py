@@ -33,6 +33,7 @@ from typing import Literal
 import psutil
 
 import scaleset
+from scaleset.guest.files import write_file_atomically
 from scaleset.guest.goalstate import GoalState
 from scaleset.guest.init import (
     ENV_OS_DISK,
@@ -41,7 +42,6 @@ from scaleset.guest.init import (
     custom_data_result_from_json,
     spec_to_json,
     wait_until_gone,
-    write_file_atomically,
 )
 from scaleset.providers.base import (
     CustomDataResult,
