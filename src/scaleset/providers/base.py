@@ -87,6 +87,18 @@ class InstanceObservation:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class HealthProbe:
+    """A load-balancer health probe as the control plane runs it against one instance
+    (`Microsoft.Network/loadBalancers/{lb}/probes/{probe}`): `protocol` is Http, Https or Tcp; an Http(s)
+    probe is healthy on a 200 answer to GET `request_path`, a Tcp probe when the handshake succeeds."""
+
+    protocol: str
+    port: int
+    request_path: str | None = None
+    timeout_seconds: float = 2.0
+
+
 class ProviderError(Exception):
     """A provider could not do what it was asked; the message is shown to the user."""
 
@@ -127,6 +139,16 @@ class Provider(ABC):
         """
 
     @abstractmethod
+    def restore_os_disk(self, spec: InstanceSpec) -> None:
+        """Put back the OS disk the instance had before its last reimage, keep the data disks, and start it
+        (rollback, M-10). `spec.os_disk_generation` is the generation of the disk to restore and `spec.image`
+        the image it was made from; the disk comes back as it was, so its custom data does not run again.
+
+        Idempotent: no-op when the OS disk already is of that generation and the instance runs.
+        ProviderError when the provider kept no disk of that generation.
+        """
+
+    @abstractmethod
     def delete_instance(self, key: str) -> None:
         """Stop the instance and remove every disk; no-op when it does not exist."""
 
@@ -147,6 +169,17 @@ class Provider(ABC):
     @abstractmethod
     def read_guest_report(self, key: str) -> GuestReport:
         """The guest's own report (custom data, extensions); empty when the guest has said nothing yet."""
+
+    def probe_health(self, key: str, address: str, probe: HealthProbe) -> bool:
+        """One load-balancer probe of the instance: True when it answers healthy.
+
+        By default a real HTTP(S) request or TCP handshake to the instance's own address, as a load
+        balancer probes a VM; a provider whose instances have no reachable address (the simulated fleet)
+        answers from its own model instead.
+        """
+        from scaleset.providers.probing import probe_address
+
+        return probe_address(address, probe)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release what the provider holds in this process; instances keep running."""

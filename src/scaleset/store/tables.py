@@ -96,6 +96,9 @@ class Instance(Base):
     # sealed at rest. Made the first time an extension with protected settings reaches the instance.
     certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     private_key_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The extension handler versions the instance's last goal state resolved to ({name: version}), so an
+    # extension upgrade knows which instances already run the newest ones.
+    extension_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -132,6 +135,74 @@ class Task(Base):
     expect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class RollingUpgrade(Base):
+    """One rolling upgrade of a set: the persisted state its reconcile loop moves one step per pass.
+
+    `phase` is where the loop is: `ready` (the next batch may start once `not_before` has passed),
+    `upgrading` (a batch runs; judged when its instances are done and healthy, or at `deadline`),
+    `rolling_back` (failed instances get their previous OS disk and model back), `done`.
+    `status` is Azure's RollingUpgradeStatusCode. Progress counts are computed from `upgrade_instances`.
+    """
+
+    __tablename__ = "rolling_upgrades"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("scale_sets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # os | extension | model
+    started_by: Mapped[str] = mapped_column(String(16))  # User | Platform
+    operation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    policy: Mapped[dict[str, Any]]
+    rollback_on_breach: Mapped[bool] = mapped_column(Boolean, default=False)
+    target_model_version: Mapped[int] = mapped_column(Integer)
+    target_image_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(16))
+    batch_number: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_action: Mapped[str] = mapped_column(String(16), default="Start")
+    last_action_time: Mapped[datetime]
+    start_time: Mapped[datetime]
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UpgradeInstance(Base):
+    """One instance's part in a rolling upgrade, with what it ran before (for rollback)."""
+
+    __tablename__ = "upgrade_instances"
+    upgrade_id: Mapped[str] = mapped_column(ForeignKey("rolling_upgrades.id"), primary_key=True)
+    instance_row_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    # upgrading | succeeded | failed | rolling_back | rolled_back | rollback_failed | replaced
+    state: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))  # reimage | extensions | model | surge
+    before_model_version: Mapped[int] = mapped_column(Integer)
+    before_image_version: Mapped[str] = mapped_column(String(64))
+    before_os_disk_generation: Mapped[int] = mapped_column(Integer)
+    # maxSurge: the new instance made in this one's place (deleted once the new one is healthy).
+    surge_row_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime]
+
+
+class LoadBalancer(Base):
+    """A minimal `Microsoft.Network/loadBalancers`: only its `probes` matter, as health sources (M-11)."""
+
+    __tablename__ = "load_balancers"
+    __table_args__ = (UniqueConstraint("group_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("resource_groups.id"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    name_key: Mapped[str] = mapped_column(String(80))
+    location: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
