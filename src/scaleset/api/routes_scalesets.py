@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from scaleset.api.deps import container, json_body, require_access
-from scaleset.api.guest_views import extension_views, guest_status_of
+from scaleset.api.guest_views import extension_views, guest_status_of, vm_health_view
 from scaleset.api.lro import accepted, resource_response
 from scaleset.api.views import (
     instance_view,
     network_interface_view,
     public_extension_properties,
     public_model,
+    rolling_upgrade_view,
     scale_set_view,
     set_instance_view,
     vm_id_of,
@@ -25,8 +26,9 @@ from scaleset.api.views import (
 from scaleset.bootstrap import Container
 from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.domain.errors import ArmError, invalid
-from scaleset.domain.scaleset_spec import ImageRequest
+from scaleset.domain.scaleset_spec import ImageRequest, has_health_probe
 from scaleset.engine.executor import instance_key
+from scaleset.engine.rolling import facts_of
 from scaleset.services.scalesets import POWER_ACTIONS, set_id_of
 from scaleset.store.tables import Instance, ScaleSet
 
@@ -120,11 +122,26 @@ def scale_set_action(
         operation = c.scalesets.set_action(subscription, group, name, "delete", body)
     elif verb == "manualupgrade":
         operation = c.scalesets.manual_upgrade(subscription, group, name, body)
+    elif verb == "osrollingupgrade":
+        operation = c.upgrades.start_os_upgrade(subscription, group, name)
+    elif verb == "extensionrollingupgrade":
+        operation = c.upgrades.start_extension_upgrade(subscription, group, name)
     elif verb in POWER_ACTIONS:
         operation = c.scalesets.set_action(subscription, group, name, POWER_ACTIONS[verb], body)
     else:
         raise ArmError(404, "NotFound", f"No API serves the path '{request.url.path}'.")
     return accepted(request, operation)
+
+
+@router.post(SET + "/rollingupgrades/cancel")
+def cancel_rolling_upgrade(request: Request, subscription: str, group: str, name: str) -> Response:
+    """Cancel stops the run after its current batch; the operation ends when the run has stopped."""
+    return accepted(request, container(request).upgrades.cancel(subscription, group, name))
+
+
+@router.get(SET + "/rollingupgrades/latest")
+def latest_rolling_upgrade(request: Request, subscription: str, group: str, name: str) -> dict[str, Any]:
+    return rolling_upgrade_view(container(request).upgrades.latest(subscription, group, name))
 
 
 # ----------------------------------------------------------------------------------------- instances
@@ -158,7 +175,12 @@ class _VmRenderer:
             )
             self._manifests[key] = parse_image_manifest(image.manifest) if image else None
         report = self._c.provider.read_guest_report(instance_key(self._set, instance))
-        return instance_view(self._set, instance, self.model(instance), self._manifests[key], report)
+        model = self.model(instance)
+        view = instance_view(self._set, instance, model, self._manifests[key], report)
+        if has_health_probe(model):
+            # The load balancer's verdict, as the control plane probes the instance.
+            view["vmHealth"] = vm_health_view(self._c.health.state(model, facts_of(self._set, instance)))
+        return view
 
     def vm(self, instance: Instance, expand: bool) -> dict[str, Any]:
         view = self.instance_view(instance) if expand else None

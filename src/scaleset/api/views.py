@@ -21,6 +21,7 @@ from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.engine.executor import computer_name
 from scaleset.providers.base import GuestReport
 from scaleset.services.scalesets import group_id_of, set_id_of
+from scaleset.services.upgrades import RunStatus
 from scaleset.store.tables import Image, Instance, Operation, ResourceGroup, ScaleSet
 
 Json = dict[str, Any]
@@ -336,3 +337,25 @@ def operation_view(operation: Operation) -> Json:
     if operation.error:
         view["error"] = operation.error
     return view
+
+
+def rolling_upgrade_view(status: RunStatus) -> Json:
+    """`RollingUpgradeStatusInfo` (azure-api.md §2.6). Like Azure's, it has no id or name."""
+    run = status.run
+    properties: Json = {
+        "policy": run.policy,
+        "runningStatus": {
+            "code": run.status,
+            "startTime": iso(run.start_time),
+            "lastAction": run.last_action,
+            "lastActionTime": iso(run.last_action_time),
+        },
+        "progress": status.progress,
+    }
+    if run.error:
+        properties["error"] = run.error
+    return {
+        "location": status.location,
+        "type": "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades",
+        "properties": properties,
+    }

@@ -16,6 +16,7 @@ import base64
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,8 @@ POWER_AFTER = {
     "restart": "running",
     "reimage": "running",
     "reimageall": "running",
+    "restore": "running",
+    "extensions": "running",
     "stop": "stopped",
     "deallocate": "deallocated",
 }
@@ -76,8 +79,11 @@ _POWER_OF_STATE = {
 
 
 KEY_ONLY_ACTIONS = ("stop", "deallocate", "delete")
-# Actions that provision a fresh OS disk: done only when the guest reports custom data and extensions.
-PROVISIONING_ACTIONS = ("create", "reimage", "reimageall")
+# Actions that are done only when the guest reports: a fresh OS disk (custom data and extensions), a
+# restored one (its extensions, for the model it comes back to), or a new goal state on a running instance.
+PROVISIONING_ACTIONS = ("create", "reimage", "reimageall", "restore", "extensions")
+# Of those, the ones whose OS disk is new, so its custom data runs.
+FRESH_DISK_ACTIONS = ("create", "reimage", "reimageall")
 DEFAULT_EXTENSIONS_BUDGET = 90 * 60.0  # Azure's extensionsTimeBudget default, PT1H30M
 
 
@@ -88,12 +94,12 @@ def _fail(task: Task, instance: Instance, message: str) -> None:
     instance.status_message = message
 
 
-def _expectation(spec: InstanceSpec) -> GuestExpectation:
+def _expectation(spec: InstanceSpec, action: str) -> GuestExpectation:
     goal = GoalState.from_json(spec.goal_state) if spec.goal_state else GoalState(incarnation=0)
     return GuestExpectation(
         incarnation=goal.incarnation,
         extensions=tuple((e.name, e.suppress_failures) for e in goal.extensions),
-        custom_data=spec.custom_data is not None,
+        custom_data=spec.custom_data is not None and action in FRESH_DISK_ACTIONS,
     )
 
 
@@ -174,6 +180,10 @@ class Executor:
         self._stopping = threading.Event()
         self._observe_every = observe_every
         self._thread: threading.Thread | None = None
+        # Reconcilers run after every pass (the rolling-upgrade loop); each returns True while it has
+        # work in flight, so the loop comes back soon instead of idling until the next observation.
+        self.reconcilers: list[Callable[[], bool]] = []
+        self._reconciling = False
 
     # ------------------------------------------------------------------------------------ lifecycle
     def recover(self) -> int:
@@ -202,13 +212,15 @@ class Executor:
     def _loop(self) -> None:
         last_observed = 0.0
         while not self._stopping.is_set():
-            self._wakeup.wait(timeout=self._settle_every if self._settling else self._observe_every)
+            busy = self._settling or self._reconciling
+            self._wakeup.wait(timeout=self._settle_every if busy else self._observe_every)
             self._wakeup.clear()
             if self._stopping.is_set():
                 return
             try:
                 self.run_pass()
                 self.settle()
+                self._reconciling = any([reconcile() for reconcile in self.reconcilers])
                 now = self._clock.now().timestamp()
                 if now - last_observed >= self._observe_every:
                     self.observe()
@@ -269,7 +281,7 @@ class Executor:
                         task.action,
                         claimed_task.key,
                         spec,
-                        _expectation(spec),
+                        _expectation(spec, task.action),
                         _extensions_budget(session, instance),
                     )
                 claimed.append(claimed_task)
@@ -310,6 +322,10 @@ class Executor:
             )
         except ExtensionUnavailable as error:
             raise ProviderError(str(error)) from None
+        # What this goal state resolved to, so an extension upgrade knows who already runs the newest.
+        versions = {goal_extension.name: goal_extension.version for goal_extension in goal.extensions}
+        if instance.extension_versions != versions:
+            instance.extension_versions = versions
         custom_data = model["osProfile"].get("customData")
         certificates: tuple[tuple[str, bytes, bytes], ...] = ()
         if instance.certificate_pem and instance.private_key_sealed:
@@ -378,6 +394,11 @@ class Executor:
             provider.restart_instance(task.spec)
         elif task.action == "reimage":
             provider.reimage_instance(task.spec)
+        elif task.action == "restore":
+            provider.restore_os_disk(task.spec)
+        elif task.action == "extensions":
+            # Only the extensions changed: the running guest agent applies the new goal state.
+            provider.apply_goal_state(task.spec)
         elif task.action == "reimageall":
             # Azure's reimageAll renews every disk, data disks included: the instance is made anew.
             provider.delete_instance(task.key)

@@ -15,7 +15,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from scaleset.domain.errors import ArmError
-from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel, Task
+from scaleset.store.tables import (
+    Instance,
+    Operation,
+    ResourceGroup,
+    RollingUpgrade,
+    ScaleSet,
+    ScaleSetModel,
+    Task,
+    UpgradeInstance,
+)
 
 # What the instance shows while a task for it waits or runs, as Azure's instance view shows it.
 TRANSITIONS: dict[str, tuple[str | None, str | None]] = {
@@ -28,8 +37,13 @@ TRANSITIONS: dict[str, tuple[str | None, str | None]] = {
     "reimage": ("updating", "starting"),
     "reimageall": ("updating", "starting"),
     "delete": ("deleting", "stopping"),
+    "restore": ("updating", "starting"),
+    "extensions": ("updating", None),
 }
 
+
+# Operations their own loop finishes (a rolling upgrade ends when its run does, not when its tasks do).
+ENGINE_FINISHED_KINDS = ("rolling_upgrade", "rolling_cancel")
 
 # A task is open until it is done or failed: settling means acted, but the guest has not reported yet.
 OPEN_TASK_STATES = ("pending", "running", "settling")
@@ -110,7 +124,9 @@ FAILURE_CODES = {"create": "VMProvisioningFailed", "delete": "VMDeletionFailed"}
 def complete_if_done(session: Session, operation_id: str, now: datetime) -> bool:
     """Finish the operation when none of its tasks is left to run; True when it finished now."""
     operation = session.get(Operation, operation_id)
-    if operation is None or operation.status != "InProgress" or open_tasks(session, operation_id):
+    if operation is None or operation.status != "InProgress" or operation.kind in ENGINE_FINISHED_KINDS:
+        return False
+    if open_tasks(session, operation_id):
         return False
     session.flush()
     failed = list(
@@ -161,6 +177,9 @@ def _sets_of(session: Session, operation: Operation) -> list[ScaleSet]:
 
 
 def _remove_set(session: Session, set_id: int) -> None:
+    runs = select(RollingUpgrade.id).where(RollingUpgrade.set_id == set_id)
+    session.execute(delete(UpgradeInstance).where(UpgradeInstance.upgrade_id.in_(runs)))
+    session.execute(delete(RollingUpgrade).where(RollingUpgrade.set_id == set_id))
     session.execute(delete(Instance).where(Instance.set_id == set_id))
     session.execute(delete(ScaleSetModel).where(ScaleSetModel.set_id == set_id))
     session.execute(delete(ScaleSet).where(ScaleSet.id == set_id))

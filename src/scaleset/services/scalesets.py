@@ -21,6 +21,7 @@ from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog, image_not_found
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
 from scaleset.domain.extensions_spec import extension_named
+from scaleset.domain.model_change import change_action
 from scaleset.domain.placement import Placement, place_instances
 from scaleset.domain.regions import find_region
 from scaleset.domain.scaleset_spec import (
@@ -35,6 +36,7 @@ from scaleset.domain.scaleset_spec import (
 from scaleset.engine.clock import Clock
 from scaleset.services.addresses import allocate_addresses
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
+from scaleset.services.runs import active_run, begin_run, effective_policy
 from scaleset.services.secrets import SecretBox
 from scaleset.store.db import Database
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
@@ -79,7 +81,9 @@ class ScaleSetService:
         wake_engine: Callable[[], None],
         extensions: ExtensionCatalog,
         secrets: SecretBox,
+        probe_exists: Callable[[str], bool] = lambda _probe_id: True,
     ) -> None:
+        self._probe_exists = probe_exists
         self._db = db
         self._clock = clock
         self._catalog = catalog
@@ -274,6 +278,14 @@ class ScaleSetService:
         self, subscription: str, group_name: str, name: str, document: Json, expected_exists: bool
     ) -> Change:
         location = document["location"]
+        probe = document["properties"]["virtualMachineProfile"].get("networkProfile", {}).get("healthProbe")
+        if probe and not self._probe_exists(str(probe["id"])):
+            raise ArmError(
+                400,
+                "InvalidParameter",
+                f"The load balancer probe '{probe['id']}' does not exist.",
+                "properties.virtualMachineProfile.networkProfile.healthProbe.id",
+            )
         image = self._catalog.find(location, image_request(document))
         if image is None:
             raise image_not_found(location, image_request(document))
@@ -298,6 +310,7 @@ class ScaleSetService:
                 now=now,
             )
             created = scale_set is None
+            model_changed = False
             if scale_set is None:
                 scale_set = ScaleSet(
                     uid=str(uuid.uuid4()),
@@ -333,6 +346,7 @@ class ScaleSetService:
                     or scale_set.exact_image_version != image.version
                 ):
                     # A new model version: instances keep the one they run until it is applied to them.
+                    model_changed = True
                     scale_set.model_version += 1
                     scale_set.exact_image_version = image.version
                     session.add(
@@ -348,10 +362,36 @@ class ScaleSetService:
                 scale_set.provisioning_state = "Updating"
                 scale_set.updated_at = now
             operation.payload = {"set_id": scale_set.id}
+            if not created and model_changed:
+                self._roll_out_model(session, operation, scale_set, now)
             self._scale_to(session, operation, scale_set, int(document["sku"]["capacity"]))
             complete_if_done(session, operation.id, now)
         self._wake()
         return Change(scale_set, operation, created)
+
+    def _roll_out_model(self, session: Session, operation: Operation, scale_set: ScaleSet, now: Any) -> None:
+        """What a new model does to running instances depends on the upgrade policy's mode (M-3):
+        Automatic applies it to every instance at once, Rolling starts a rolling upgrade, Manual waits for
+        `manualupgrade`. Instances protected from scale-set actions are left alone."""
+        mode = scale_set.document["properties"]["upgradePolicy"]["mode"]
+        if mode == "Automatic":
+            stale = [
+                i
+                for i in _live_instances(session, scale_set)
+                if i.model_version != scale_set.model_version and not i.protect_from_scale_set_actions
+            ]
+            self._apply_model(session, operation, scale_set, stale)
+        elif mode == "Rolling" and active_run(session, scale_set.id) is None:
+            policy = effective_policy(scale_set.document)
+            begin_run(
+                session,
+                scale_set,
+                kind="model",
+                started_by="User",
+                rollback_on_breach=bool(policy.get("rollbackFailedInstancesOnPolicyBreach")),
+                now=now,
+            )
+        # A model change while a run is going on is picked up when that run ends (`follow_up`).
 
     def _scale_to(self, session: Session, operation: Operation, scale_set: ScaleSet, capacity: int) -> None:
         live = _live_instances(session, scale_set)
@@ -376,7 +416,7 @@ class ScaleSetService:
         scale_set: ScaleSet,
         live: Sequence[Instance],
         count: int,
-    ) -> None:
+    ) -> list[Instance]:
         now = self._clock.now()
         properties = scale_set.document["properties"]
         placements = place_instances(
@@ -386,6 +426,7 @@ class ScaleSetService:
             count,
         )
         addresses = allocate_addresses(session, self._pool, count)
+        created = []
         for placement, address in zip(placements, addresses, strict=True):
             instance = Instance(
                 set_id=scale_set.id,
@@ -409,6 +450,16 @@ class ScaleSetService:
             scale_set.next_instance_id += 1
             session.add(instance)
             add_task(session, operation, instance, "create", now)
+            created.append(instance)
+        return created
+
+    def create_instances(
+        self, session: Session, operation: Operation, scale_set: ScaleSet, count: int
+    ) -> list[Instance]:
+        """`count` more instances on the set's newest model, each with its create task (maxSurge)."""
+        return self._create_instances(
+            session, operation, scale_set, _live_instances(session, scale_set), count
+        )
 
     def _delete_instances(
         self, session: Session, operation: Operation, scale_set: ScaleSet, instances: Sequence[Instance]
@@ -468,12 +519,9 @@ class ScaleSetService:
             return self._instance_operation(session, scale_set, chosen, action, exact_version)
 
     def manual_upgrade(self, subscription: str, group_name: str, name: str, body: Any) -> Operation:
-        """`manualupgrade`: bring the chosen instances to the set's latest model (M-3).
-
-        Every model difference scaleset knows today (image, OS profile, data disks) lives on the OS disk,
-        so applying a model is a reimage onto the model's image; instances already on the latest model
-        are left alone.
-        """
+        """`manualupgrade`: bring the chosen instances to the set's latest model (M-3), each by the least
+        disruptive action that realises the change (`domain/model_change.py`); instances already on the
+        latest model are left alone."""
         requested = _instance_ids(body, required=True)
         with self._db.write() as session:
             scale_set = _require_set(session, subscription, group_name, name)
@@ -482,10 +530,36 @@ class ScaleSetService:
                 for instance in _choose_instances(_live_instances(session, scale_set), requested)
                 if instance.model_version != scale_set.model_version
             ]
-            for instance in stale:
-                instance.model_version = scale_set.model_version
-                instance.image_version = scale_set.exact_image_version
-            return self._instance_operation(session, scale_set, stale, "reimage", None)
+            operation = self._start_instances_operation(session, scale_set, "manualupgrade")
+            self._apply_model(session, operation, scale_set, stale)
+            complete_if_done(session, operation.id, self._clock.now())
+            return operation
+
+    def _apply_model(
+        self, session: Session, operation: Operation, scale_set: ScaleSet, instances: Sequence[Instance]
+    ) -> None:
+        """Tasks that bring `instances` onto the set's newest model (persisted with the operation)."""
+        now = self._clock.now()
+        target = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
+        assert target is not None
+        models: dict[int, Json] = {}
+        for instance in instances:
+            if instance.model_version not in models:
+                row = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
+                models[instance.model_version] = row.model if row else {}
+            action = change_action(
+                models[instance.model_version],
+                target.model,
+                instance.image_version,
+                target.exact_image_version,
+            )
+            instance.model_version = scale_set.model_version
+            instance.image_version = target.exact_image_version
+            instance.updated_at = now
+            if action == "reimage":
+                instance.os_disk_generation += 1
+            if action != "none":
+                add_task(session, operation, instance, action, now)
 
     def vm_action(
         self, subscription: str, group_name: str, name: str, instance_id: str, action: str, body: Any = None
@@ -505,21 +579,9 @@ class ScaleSetService:
         exact_version: str | None,
     ) -> Operation:
         now = self._clock.now()
-        if scale_set.provisioning_state == "Deleting":
-            raise operation_not_allowed(f"The scale set '{scale_set.name}' is being deleted.")
         if exact_version is not None:
             exact_version = self._catalog_version(scale_set, exact_version)
-        group = session.get(ResourceGroup, scale_set.group_id)
-        assert group is not None
-        operation = start_operation(
-            session,
-            subscription=scale_set.subscription,
-            location=scale_set.location,
-            kind="instances",
-            resource_id=set_id_of(scale_set.subscription, group.name, scale_set.name),
-            now=now,
-            payload={"set_id": scale_set.id, "action": action},
-        )
+        operation = self._start_instances_operation(session, scale_set, action)
         for instance in instances:
             if action in ("reimage", "reimageall"):
                 instance.os_disk_generation += 1
@@ -534,6 +596,21 @@ class ScaleSetService:
         complete_if_done(session, operation.id, now)
         self._wake()
         return operation
+
+    def _start_instances_operation(self, session: Session, scale_set: ScaleSet, action: str) -> Operation:
+        if scale_set.provisioning_state == "Deleting":
+            raise operation_not_allowed(f"The scale set '{scale_set.name}' is being deleted.")
+        group = session.get(ResourceGroup, scale_set.group_id)
+        assert group is not None
+        return start_operation(
+            session,
+            subscription=scale_set.subscription,
+            location=scale_set.location,
+            kind="instances",
+            resource_id=set_id_of(scale_set.subscription, group.name, scale_set.name),
+            now=self._clock.now(),
+            payload={"set_id": scale_set.id, "action": action},
+        )
 
     def _catalog_version(self, scale_set: ScaleSet, version: str) -> str:
         """The catalog's spelling of a requested version (1.01.0 finds 1.1.0), or 404."""

@@ -1,0 +1,107 @@
+"""Rolling-upgrade runs as rows: the policy a run uses, the one active run of a set, starting one.
+
+Shared by the scale-set service (a model change in Rolling mode starts a run) and the upgrade service
+(the rolling-upgrade API).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scaleset.domain.rolling import ACTIVE_STATUSES, ROLLING_FORWARD
+from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY
+from scaleset.services.operations import start_operation
+from scaleset.store.tables import ResourceGroup, RollingUpgrade, ScaleSet, ScaleSetModel
+
+Json = dict[str, Any]
+
+
+def effective_policy(document: Json) -> Json:
+    """The set's rolling-upgrade policy with Azure's defaults filled in: what a run uses and echoes."""
+    given = (document["properties"]["upgradePolicy"].get("rollingUpgradePolicy")) or {}
+    return {**DEFAULT_ROLLING_POLICY, **given}
+
+
+def active_run(session: Session, set_id: int) -> RollingUpgrade | None:
+    return session.scalars(
+        select(RollingUpgrade).where(
+            RollingUpgrade.set_id == set_id, RollingUpgrade.status.in_(ACTIVE_STATUSES)
+        )
+    ).first()
+
+
+def new_model_version(session: Session, scale_set: ScaleSet, exact_image_version: str, now: datetime) -> int:
+    """Record the set's current model again as a new version (a new image under `latest`, or extensions
+    re-resolved to their newest versions), so instances can be told apart by the version they run."""
+    current = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
+    assert current is not None
+    scale_set.model_version += 1
+    scale_set.exact_image_version = exact_image_version
+    session.add(
+        ScaleSetModel(
+            set_id=scale_set.id,
+            version=scale_set.model_version,
+            model=copy.deepcopy(current.model),
+            exact_image_version=exact_image_version,
+            created_at=now,
+        )
+    )
+    return scale_set.model_version
+
+
+def begin_run(
+    session: Session,
+    scale_set: ScaleSet,
+    *,
+    kind: str,
+    started_by: str,
+    rollback_on_breach: bool,
+    now: datetime,
+) -> RollingUpgrade:
+    """Write a run towards the set's newest model, and the operation that waits for it."""
+    group = session.get(ResourceGroup, scale_set.group_id)
+    assert group is not None
+    operation = start_operation(
+        session,
+        subscription=scale_set.subscription,
+        location=scale_set.location,
+        kind="rolling_upgrade",
+        resource_id=_set_resource_id(scale_set, group.name),
+        now=now,
+        payload={"set_id": scale_set.id},
+    )
+    run = RollingUpgrade(
+        id=str(uuid.uuid4()),
+        set_id=scale_set.id,
+        kind=kind,
+        started_by=started_by,
+        operation_id=operation.id,
+        policy=effective_policy(scale_set.document),
+        rollback_on_breach=rollback_on_breach,
+        target_model_version=scale_set.model_version,
+        target_image_version=scale_set.exact_image_version,
+        status=ROLLING_FORWARD,
+        phase="ready",
+        batch_number=0,
+        cancel_requested=False,
+        error=None,
+        last_action="Start",
+        last_action_time=now,
+        start_time=now,
+    )
+    session.add(run)
+    operation.payload = {"set_id": scale_set.id, "upgrade_id": run.id}
+    return run
+
+
+def _set_resource_id(scale_set: ScaleSet, group_name: str) -> str:
+    return (
+        f"/subscriptions/{scale_set.subscription}/resourceGroups/{group_name}"
+        f"/providers/Microsoft.Compute/virtualMachineScaleSets/{scale_set.name}"
+    )
