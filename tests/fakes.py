@@ -1,16 +1,17 @@
 """Hand-written fakes for the engine's ports (DESIGN.md: fakes subclass the real port).
 
 `FakeProvider` keeps its instances in memory and honours the whole provider contract: power states, the
-OS-disk generation, idempotent create/reimage/delete, and disks whose files survive what they should. It is
-held to the same conformance suite as the real providers (`tests/providers/test_fake.py`), so that a test
-of the engine against it says something about the engine against a real provider.
+OS-disk generation, idempotent create/reimage/restore/delete, and disks whose files survive what they
+should. It is held to the same conformance suite as the real providers (`tests/providers/test_fake.py`),
+so that a test of the engine against it says something about the engine against a real provider.
 
 On top of the contract it lets a test watch and steer:
 
 - `calls`: every action in the order it was asked, as `(verb, key)`; verbs are the engine's task names
-  (`create`, `start`, `stop`, `deallocate`, `restart`, `reimage`, `delete`). Observation is not recorded.
-- `created`, `reimaged`, `deleted`: how often the work was really done (not a no-op), per key; a repeated
-  create of an instance that exists counts once.
+  (`create`, `start`, `stop`, `deallocate`, `restart`, `reimage`, `restore`, `delete`). Observation is
+  not recorded (nor are health probes).
+- `created`, `reimaged`, `restored`, `deleted`: how often the work was really done (not a no-op), per key;
+  a repeated create of an instance that exists counts once.
 - `fail_next(verb, key, message)` / `fail_always(...)`: the action raises `ProviderError(message)` and
   changes nothing.
 - `gate`: a `threading.Event`; while it is clear, actions wait (before acting, or after acting and before
@@ -18,13 +19,19 @@ On top of the contract it lets a test watch and steer:
   engine mid-task and "crash" it.
 - `overlaps`: keys that saw two actions at once (the engine must never do that).
 - `crash(key, message)`: the instance stops on its own, as an instance whose init process died.
+- `set_probe_health(key, healthy)`: what `probe_health` answers for `key`, whatever the probe; None goes
+  back to the default (healthy exactly when the instance exists and runs).
 - `snapshot()` / `FakeProvider(initial=...)`: the instances a restarted control plane finds again.
 
+A reimage keeps the OS disk it replaces (one, with its generation, image and guest state) for
+`restore_os_disk`, which swaps it back and discards the current one; the restored disk has booted before, so
+its custom data does not run again and its report reads as after any later boot.
+
 The guest (custom data, the guest agent) works at once and in memory: custom data "runs" at the first boot
-of each OS disk (create, reimage; not restart), counted in `custom_data_runs`; a goal state is "applied" at
-every boot and by `apply_goal_state` while the instance runs, recorded in `goal_states_applied` as
-`(key, incarnation)`. `read_guest_report` then says what a healthy guest says: custom data succeeded, every
-extension of the goal state in status success. To steer it:
+of each OS disk (create, reimage; not restart, not restore), counted in `custom_data_runs`; a goal state is
+"applied" at every boot and by `apply_goal_state` while the instance runs, recorded in
+`goal_states_applied` as `(key, incarnation)`. `read_guest_report` then says what a healthy guest says:
+custom data succeeded, every extension of the goal state in status success. To steer it:
 
 - `fail_custom_data(key, exit_code, output)`: the custom data script of `key` fails from now on.
 - `fail_extension(key, name, message, code)`: that extension's enable fails from now on.
@@ -50,6 +57,7 @@ from scaleset.guest.goalstate import ExtensionGoal, ExtensionStatus, GoalState, 
 from scaleset.providers.base import (
     CustomDataResult,
     GuestReport,
+    HealthProbe,
     ImageArtifact,
     InstanceObservation,
     InstanceSpec,
@@ -60,6 +68,20 @@ from scaleset.providers.base import (
 
 GatePoint = Literal["before", "after"]
 Disk = Literal["os"] | int
+
+
+@dataclass
+class FakeOsDisk:
+    """An OS disk a reimage replaced, kept for `restore_os_disk`: its contents, what it was made from,
+    and its guest's state."""
+
+    generation: int
+    image: ImageArtifact
+    files: dict[str, str]
+    booted: bool
+    custom_data_ran: bool
+    applied_goal: str | None
+    previous_incarnation: int | None
 
 
 @dataclass
@@ -83,6 +105,8 @@ class FakeInstance:
     custom_data_ran: bool = False
     applied_goal: str | None = None
     previous_incarnation: int | None = None
+    # The OS disk before the last reimage, until a restore puts it back.
+    previous_os_disk: FakeOsDisk | None = None
 
 
 class FakeProvider(Provider):
@@ -110,6 +134,7 @@ class FakeProvider(Provider):
         self.specs: dict[str, InstanceSpec] = {}  # the last spec each key was acted on with
         self.created: Counter[str] = Counter()
         self.reimaged: Counter[str] = Counter()
+        self.restored: Counter[str] = Counter()
         self.deleted: Counter[str] = Counter()
         self.overlaps: list[str] = []
         self.closed = False
@@ -118,6 +143,7 @@ class FakeProvider(Provider):
         self._custom_data_failures: dict[str, tuple[int, str]] = {}
         self._extension_failures: dict[tuple[str, str], tuple[int, str]] = {}
         self._held_guests: set[str] = set()
+        self._probe_health: dict[str, bool] = {}
 
     # -- steering ------------------------------------------------------------------------------------
 
@@ -160,6 +186,14 @@ class FakeProvider(Provider):
     def release_guest(self, key: str) -> None:
         with self._lock:
             self._held_guests.discard(key)
+
+    def set_probe_health(self, key: str, healthy: bool | None) -> None:
+        """`probe_health` of `key` answers `healthy` for every probe; None: the default again."""
+        with self._lock:
+            if healthy is None:
+                self._probe_health.pop(key, None)
+            else:
+                self._probe_health[key] = healthy
 
     def crash(self, key: str, message: str = "instance init process exited unexpectedly") -> None:
         """The instance stops by itself; `describe_instance` reports STOPPED with `message`."""
@@ -258,6 +292,15 @@ class FakeProvider(Provider):
             instance = self._require(spec.key)
             if instance.generation != spec.os_disk_generation:
                 _check_image(spec.image)
+                instance.previous_os_disk = FakeOsDisk(
+                    generation=instance.generation,
+                    image=instance.image,
+                    files=instance.os_disk,
+                    booted=instance.booted,
+                    custom_data_ran=instance.custom_data_ran,
+                    applied_goal=instance.applied_goal,
+                    previous_incarnation=instance.previous_incarnation,
+                )
                 instance.os_disk = {}
                 instance.image = spec.image
                 instance.generation = spec.os_disk_generation
@@ -272,6 +315,36 @@ class FakeProvider(Provider):
 
         _check_goal_state(spec)
         self._action("reimage", spec.key, act, spec)
+
+    def restore_os_disk(self, spec: InstanceSpec) -> None:
+        def act() -> None:
+            instance = self._require(spec.key)
+            if instance.generation != spec.os_disk_generation:
+                kept = instance.previous_os_disk
+                if kept is None or kept.generation != spec.os_disk_generation:
+                    have = "none" if kept is None else f"generation {kept.generation}"
+                    raise ProviderError(
+                        f"instance {spec.key!r} kept no OS disk of generation {spec.os_disk_generation} "
+                        f"to restore (it keeps {have})"
+                    )
+                # The current disk is discarded; the kept one comes back as it was, guest state and all.
+                instance.previous_os_disk = None
+                instance.os_disk = kept.files
+                instance.image = kept.image
+                instance.generation = kept.generation
+                instance.booted, instance.custom_data_ran = kept.booted, kept.custom_data_ran
+                instance.applied_goal, instance.previous_incarnation = (
+                    kept.applied_goal,
+                    kept.previous_incarnation,
+                )
+                for lun in spec.data_disk_luns:
+                    instance.data_disks.setdefault(lun, {})
+                self.restored[spec.key] += 1
+                instance.state = InstanceState.STOPPED
+            self._run(spec.key, instance, spec)
+
+        _check_goal_state(spec)
+        self._action("restore", spec.key, act, spec)
 
     def delete_instance(self, key: str) -> None:
         def act() -> None:
@@ -301,6 +374,16 @@ class FakeProvider(Provider):
                 custom_data=self._custom_data_result(key, instance, held),
                 guest_status=self._guest_status(key, instance, held).to_json(),
             )
+
+    def probe_health(self, key: str, address: str, probe: HealthProbe) -> bool:
+        """Healthy exactly when the instance exists and runs, unless `set_probe_health` says otherwise;
+        nothing is sent over the network."""
+        with self._lock:
+            steered = self._probe_health.get(key)
+            if steered is not None:
+                return steered
+            instance = self._instances.get(key)
+            return instance is not None and instance.state is InstanceState.RUNNING
 
     def describe_instance(self, key: str) -> InstanceObservation:
         with self._lock:

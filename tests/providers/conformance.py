@@ -12,9 +12,13 @@ A provider's test module subclasses `ProviderConformance` and supplies its fixtu
 - `custom_data_runs` (optional): how often an instance really ran `CUSTOM_DATA` (a provider that runs it
   counts what the script leaves on data disk 0, see `count_custom_data_runs`); without it the custom data
   tests check the guest's report only.
+- `serving_probe` (optional): a `HealthProbe` that an instance made by `make_spec` answers healthy once it
+  runs (an Http probe of the image's health path, say). A provider whose image serves nothing leaves the
+  default (None) and the test of a healthy probe is skipped; the unhealthy probes run for every provider.
 
 Methods block until their action is done, so every test observes right after acting, without waiting.
-The guest is the exception: it works on its own after boot (custom data, extensions), so the guest tests
+The app inside a running instance is not: the healthy probe is polled for up to GUEST_TIMEOUT seconds.
+The guest is the exception too: it works on its own after boot (custom data, extensions), so the guest tests
 poll `read_guest_report` for up to GUEST_TIMEOUT seconds. One thing is synchronous even there: custom data
 that is due reads "running" (or already ended) once the action that booted the instance returns.
 """
@@ -34,6 +38,7 @@ from scaleset.guest.goalstate import ExtensionGoal, GoalState, GuestStatus
 from scaleset.providers.base import (
     CustomDataResult,
     GuestReport,
+    HealthProbe,
     InstanceSpec,
     InstanceState,
     Provider,
@@ -196,6 +201,10 @@ class ProviderConformance:
         return None
 
     @pytest.fixture
+    def serving_probe(self) -> HealthProbe | None:
+        return None
+
+    @pytest.fixture
     def extension_package(self, tmp_path: Path) -> Path:
         return write_handler_package(tmp_path / "conformance-probe", tmp_path / "conformance-probe.log")
 
@@ -343,6 +352,145 @@ class ProviderConformance:
         assert observation.os_disk_generation == 2
         if disks is not None:
             assert disks.read_file(KEY, "os", "marker") == "written after the reimage"
+
+    # -- restore (rollback) ---------------------------------------------------------------------------
+
+    def test_restore_brings_back_the_os_disk_of_before_the_last_reimage(
+        self, provider: Provider, make_spec: SpecFactory, disks: DiskAccess | None
+    ) -> None:
+        provider.create_instance(make_spec(KEY))
+        if disks is not None:
+            disks.write_file(KEY, "os", "marker", "written on generation 1")
+            disks.write_file(KEY, 0, "marker", "data disk")
+        provider.reimage_instance(make_spec(KEY, generation=2))
+        if disks is not None:
+            disks.write_file(KEY, "os", "marker", "written on generation 2")
+
+        provider.restore_os_disk(make_spec(KEY))
+
+        observation = provider.describe_instance(KEY)
+        assert observation.state is InstanceState.RUNNING
+        assert observation.os_disk_generation == 1
+        if disks is not None:
+            assert disks.read_file(KEY, "os", "marker") == "written on generation 1"
+            assert disks.read_file(KEY, 0, "marker") == "data disk"
+
+    def test_restore_of_a_stopped_instance_starts_it(
+        self, provider: Provider, make_spec: SpecFactory
+    ) -> None:
+        provider.create_instance(make_spec(KEY))
+        provider.reimage_instance(make_spec(KEY, generation=2))
+        provider.stop_instance(KEY)
+
+        provider.restore_os_disk(make_spec(KEY))
+
+        observation = provider.describe_instance(KEY)
+        assert (observation.state, observation.os_disk_generation) == (InstanceState.RUNNING, 1)
+
+    def test_restore_twice_is_once(
+        self, provider: Provider, make_spec: SpecFactory, disks: DiskAccess | None
+    ) -> None:
+        provider.create_instance(make_spec(KEY))
+        provider.reimage_instance(make_spec(KEY, generation=2))
+        provider.restore_os_disk(make_spec(KEY))
+        if disks is not None:
+            disks.write_file(KEY, "os", "marker", "written after the restore")
+
+        provider.restore_os_disk(make_spec(KEY))
+        provider.stop_instance(KEY)
+        provider.restore_os_disk(make_spec(KEY))  # only starts it
+
+        observation = provider.describe_instance(KEY)
+        assert (observation.state, observation.os_disk_generation) == (InstanceState.RUNNING, 1)
+        if disks is not None:
+            assert disks.read_file(KEY, "os", "marker") == "written after the restore"
+
+    def test_restore_of_a_generation_not_kept_is_a_provider_error_and_changes_nothing(
+        self, provider: Provider, make_spec: SpecFactory, disks: DiskAccess | None
+    ) -> None:
+        with pytest.raises(ProviderError):
+            provider.restore_os_disk(make_spec(KEY))  # no such instance
+        provider.create_instance(make_spec(KEY))
+        with pytest.raises(ProviderError):
+            provider.restore_os_disk(make_spec(KEY, generation=7))  # never reimaged: nothing kept
+        provider.reimage_instance(make_spec(KEY, generation=2))
+        if disks is not None:
+            disks.write_file(KEY, "os", "marker", "generation 2")
+
+        with pytest.raises(ProviderError):
+            provider.restore_os_disk(make_spec(KEY, generation=3))
+
+        observation = provider.describe_instance(KEY)
+        assert (observation.state, observation.os_disk_generation) == (InstanceState.RUNNING, 2)
+        if disks is not None:
+            assert disks.read_file(KEY, "os", "marker") == "generation 2"
+
+    def test_restore_does_not_run_custom_data_again(
+        self, provider: Provider, make_spec: SpecFactory, custom_data_runs: CustomDataRuns | None
+    ) -> None:
+        def spec(generation: int = 1) -> InstanceSpec:
+            return with_guest(make_spec(KEY, generation=generation), custom_data=CUSTOM_DATA)
+
+        provider.create_instance(spec())
+        assert _outcome(wait_for_custom_data(provider)) == ("succeeded", 0)
+        provider.reimage_instance(spec(generation=2))
+        assert _outcome(wait_for_custom_data(provider)) == ("succeeded", 0)
+
+        provider.restore_os_disk(spec())
+
+        # The restored disk's own report: had its custom data been due again, it would read "running".
+        assert _outcome(provider.read_guest_report(KEY).custom_data) == ("succeeded", 0)
+        if custom_data_runs is not None:
+            assert custom_data_runs(KEY) == 2
+        provider.restart_instance(spec())
+        assert _outcome(provider.read_guest_report(KEY).custom_data) == ("succeeded", 0)
+        if custom_data_runs is not None:
+            assert custom_data_runs(KEY) == 2
+
+    def test_goal_state_is_applied_to_a_restored_os_disk(
+        self, provider: Provider, make_spec: SpecFactory, extension_package: Path
+    ) -> None:
+        first = GoalState(1, (probe_extension(extension_package),))
+        provider.create_instance(with_guest(make_spec(KEY), goal=first))
+        wait_for_goal(provider, 1)
+        second = GoalState(2, (probe_extension(extension_package, seq_no=2),))
+        provider.reimage_instance(with_guest(make_spec(KEY, generation=2), goal=second))
+        wait_for_goal(provider, 2)
+
+        provider.restore_os_disk(with_guest(make_spec(KEY), goal=first))
+
+        extension = wait_for_goal(provider, 1).extension("probe")
+        assert extension is not None and extension.handler_status == "Ready"
+        assert extension.sequence_number == 1
+
+    # -- health probes -------------------------------------------------------------------------------
+
+    def test_missing_or_stopped_instance_probes_unhealthy(
+        self, provider: Provider, make_spec: SpecFactory
+    ) -> None:
+        spec = make_spec(KEY)
+        probe = HealthProbe("Http", 8080, "/health", timeout_seconds=1.0)
+        assert provider.probe_health(KEY, spec.address, probe) is False
+
+        provider.create_instance(spec)
+        provider.stop_instance(KEY)
+
+        assert provider.probe_health(KEY, spec.address, probe) is False
+        assert provider.probe_health(KEY, spec.address, dataclasses.replace(probe, protocol="Tcp")) is False
+
+    def test_running_instance_that_serves_the_probe_is_healthy(
+        self, provider: Provider, make_spec: SpecFactory, serving_probe: HealthProbe | None
+    ) -> None:
+        if serving_probe is None:
+            pytest.skip("this provider's conformance image serves no health probe")
+        spec = make_spec(KEY)
+        provider.create_instance(spec)
+
+        # The app starts after the instance does: poll until it answers.
+        eventually(lambda: provider.probe_health(KEY, spec.address, serving_probe), what="a healthy probe")
+
+        provider.stop_instance(KEY)
+        assert provider.probe_health(KEY, spec.address, serving_probe) is False
 
     # -- delete and list -----------------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from scaleset.providers.base import ImageArtifact, InstanceSpec, InstanceState, ProviderError
+from scaleset.providers.base import HealthProbe, ImageArtifact, InstanceSpec, InstanceState, ProviderError
 from tests.fakes import FakeClock, FakeProvider
-from tests.providers.conformance import DiskAccess, ProviderConformance, SpecFactory
+from tests.providers.conformance import DiskAccess, ProviderConformance, SpecFactory, with_guest
 
 KEY = "fake-set/0"
+PROBE = HealthProbe("Http", 8080, "/health")
 
 
 @pytest.fixture
@@ -58,6 +59,10 @@ class TestFakeConformance(ProviderConformance):
     def disks(self, fake: FakeProvider) -> DiskAccess:
         return fake
 
+    @pytest.fixture
+    def serving_probe(self) -> HealthProbe:
+        return PROBE  # the fake answers from its model: any probe of a running instance is healthy
+
 
 # -- what only the fake offers ------------------------------------------------------------------------
 
@@ -81,6 +86,98 @@ def test_calls_are_recorded_in_order_and_work_is_counted(fake: FakeProvider, spe
         ("delete", KEY),
     ]
     assert (fake.created[KEY], fake.reimaged[KEY], fake.deleted[KEY]) == (1, 1, 1)
+
+
+def test_restore_is_recorded_counted_and_uses_the_kept_disk_up(
+    fake: FakeProvider, spec_for: SpecFactory
+) -> None:
+    fake.create_instance(spec_for(KEY))
+    fake.reimage_instance(spec_for(KEY, generation=2))
+
+    fake.restore_os_disk(spec_for(KEY))
+    fake.restore_os_disk(spec_for(KEY))  # the same disk: no-op
+
+    assert fake.calls_on(KEY) == ["create", "reimage", "restore", "restore"]
+    assert (fake.reimaged[KEY], fake.restored[KEY]) == (1, 1)
+    with pytest.raises(ProviderError, match="keeps none"):
+        fake.restore_os_disk(spec_for(KEY, generation=2))  # the generation-2 disk was discarded
+
+
+def test_only_the_disk_before_the_last_reimage_is_kept(fake: FakeProvider, spec_for: SpecFactory) -> None:
+    fake.create_instance(spec_for(KEY))
+    fake.reimage_instance(spec_for(KEY, generation=2))
+    fake.reimage_instance(spec_for(KEY, generation=3))
+
+    with pytest.raises(ProviderError, match="keeps generation 2"):
+        fake.restore_os_disk(spec_for(KEY))
+    fake.restore_os_disk(spec_for(KEY, generation=2))
+    assert fake.describe_instance(KEY).os_disk_generation == 2
+
+
+def test_restore_obeys_injected_failures_and_the_gate(fake: FakeProvider, spec_for: SpecFactory) -> None:
+    fake.create_instance(spec_for(KEY))
+    fake.reimage_instance(spec_for(KEY, generation=2))
+    fake.fail_next("restore", KEY, "disk snapshot unavailable")
+
+    with pytest.raises(ProviderError, match="disk snapshot unavailable"):
+        fake.restore_os_disk(spec_for(KEY))
+    assert fake.describe_instance(KEY).os_disk_generation == 2
+
+    gate = threading.Event()
+    fake.gate = gate
+    worker = threading.Thread(target=fake.restore_os_disk, args=(spec_for(KEY),))
+    worker.start()
+    try:
+        fake.wait_blocked(1)
+        assert fake.describe_instance(KEY).os_disk_generation == 2
+    finally:
+        gate.set()
+        worker.join(timeout=5)
+    assert fake.describe_instance(KEY).os_disk_generation == 1
+    assert fake.restored[KEY] == 1
+
+
+def test_restored_disk_reports_as_after_a_later_boot(fake: FakeProvider, spec_for: SpecFactory) -> None:
+    fake.create_instance(with_guest(spec_for(KEY), custom_data=b"echo hi"))
+    fake.reimage_instance(spec_for(KEY, generation=2))  # no custom data on the new disk
+    assert fake.read_guest_report(KEY).custom_data is None
+
+    fake.restore_os_disk(with_guest(spec_for(KEY), custom_data=b"echo hi"))
+
+    report = fake.read_guest_report(KEY).custom_data
+    assert report is not None and (report.state, report.exit_code) == ("succeeded", 0)
+    assert fake.custom_data_runs[KEY] == 1
+
+
+def test_snapshot_keeps_the_kept_disk(fake: FakeProvider, spec_for: SpecFactory) -> None:
+    fake.create_instance(spec_for(KEY))
+    fake.write_file(KEY, "os", "note", "generation 1")
+    fake.reimage_instance(spec_for(KEY, generation=2))
+
+    restarted = FakeProvider(initial=fake.snapshot())
+    restarted.restore_os_disk(spec_for(KEY))
+
+    assert restarted.read_file(KEY, "os", "note") == "generation 1"
+    assert fake.describe_instance(KEY).os_disk_generation == 2
+
+
+def test_probe_health_follows_the_power_state_unless_steered(
+    fake: FakeProvider, spec_for: SpecFactory
+) -> None:
+    address = spec_for(KEY).address
+    assert fake.probe_health(KEY, address, PROBE) is False
+    fake.create_instance(spec_for(KEY))
+    assert fake.probe_health(KEY, address, PROBE) is True
+
+    fake.set_probe_health(KEY, False)
+    assert fake.probe_health(KEY, address, PROBE) is False
+    fake.stop_instance(KEY)
+    fake.set_probe_health(KEY, True)
+    assert fake.probe_health(KEY, address, PROBE) is True  # steered: whatever the instance does
+
+    fake.set_probe_health(KEY, None)
+    assert fake.probe_health(KEY, address, PROBE) is False
+    assert fake.verbs() == ["create", "stop"]  # probes are not actions
 
 
 def test_fail_next_fails_once_and_changes_nothing(fake: FakeProvider, spec_for: SpecFactory) -> None:
@@ -114,6 +211,7 @@ def test_actions_on_a_missing_instance_are_provider_errors(fake: FakeProvider, s
         lambda: fake.deallocate_instance(KEY),
         lambda: fake.restart_instance(spec_for(KEY)),
         lambda: fake.reimage_instance(spec_for(KEY, generation=2)),
+        lambda: fake.restore_os_disk(spec_for(KEY)),
     ]
     for act in acts:
         with pytest.raises(ProviderError, match="no instance"):

@@ -14,7 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from scaleset.providers.base import InstanceSpec, InstanceState, ProviderError
+import scaleset.providers.local as local_module
+from scaleset.providers.base import CustomDataResult, HealthProbe, InstanceSpec, InstanceState, ProviderError
 from scaleset.providers.local import LocalProvider
 from tests.providers.conformance import (
     CustomDataRuns,
@@ -23,11 +24,14 @@ from tests.providers.conformance import (
     ProviderConformance,
     SpecFactory,
     count_custom_data_runs,
+    wait_for_custom_data,
+    with_guest,
 )
 from tests.providers.conftest import IMAGES, load_image
 
 KEY = "local-set/0"
 APP_START_TIMEOUT = 10.0
+HEALTH_PROBE = HealthProbe("Http", 8080, "/health")
 
 
 class LocalDisks:
@@ -65,6 +69,10 @@ class TestLocalConformance(ProviderConformance):
     def custom_data_runs(self, local_provider: LocalProvider) -> CustomDataRuns:
         disks = LocalDisks(local_provider)
         return lambda key: count_custom_data_runs(disks, key)
+
+    @pytest.fixture
+    def serving_probe(self) -> HealthProbe:
+        return HEALTH_PROBE  # the webapp image answers 200 on /health
 
 
 # -- helpers for the process-level tests --------------------------------------------------------------
@@ -281,3 +289,153 @@ class TestLocalProvider:
     ) -> None:
         with pytest.raises(ProviderError, match="invalid instance key"):
             local_provider.describe_instance(key)
+
+
+# -- the kept OS disk (rollback) ----------------------------------------------------------------------
+
+
+def kept_disk_files(provider: LocalProvider, key: str) -> list[str]:
+    root = provider.instance_layout(key).root
+    return sorted(entry.name for entry in root.iterdir() if entry.name.startswith(("os-previous", ".os-")))
+
+
+class TestKeptOsDisk:
+    def test_reimage_keeps_the_replaced_disk_and_restore_uses_it_up(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        spec = spec_for(KEY)
+        local_provider.create_instance(spec)
+        assert kept_disk_files(local_provider, KEY) == []
+        assert request("PUT", spec, "/files/os/note.txt", b"generation 1").status_code == 201
+
+        local_provider.reimage_instance(spec_for(KEY, generation=2))
+        local_provider.create_instance(spec_for(KEY, generation=2))  # an existing instance: untouched
+        root = local_provider.instance_layout(KEY).root
+        assert kept_disk_files(local_provider, KEY) == ["os-previous", "os-previous.generation"]
+        assert (root / "os-previous.generation").read_text() == "1"
+        assert request("GET", spec, "/files/os/note.txt").status_code == 404
+
+        local_provider.restore_os_disk(spec)
+
+        assert request("GET", spec, "/files/os/note.txt").content == b"generation 1"
+        assert kept_disk_files(local_provider, KEY) == []  # the generation-2 disk is discarded
+        with pytest.raises(ProviderError, match="keeps none"):
+            local_provider.restore_os_disk(spec_for(KEY, generation=2))
+
+    def test_only_the_disk_before_the_last_reimage_is_kept(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        local_provider.create_instance(spec_for(KEY))
+        local_provider.reimage_instance(spec_for(KEY, generation=2))
+        local_provider.reimage_instance(spec_for(KEY, generation=3))
+
+        with pytest.raises(ProviderError, match="keeps generation 2"):
+            local_provider.restore_os_disk(spec_for(KEY))
+        local_provider.restore_os_disk(spec_for(KEY, generation=2))
+        assert local_provider.describe_instance(KEY).os_disk_generation == 2
+
+    def test_delete_removes_the_kept_disk(self, local_provider: LocalProvider, spec_for: SpecFactory) -> None:
+        local_provider.create_instance(spec_for(KEY))
+        local_provider.reimage_instance(spec_for(KEY, generation=2))
+        root = local_provider.instance_layout(KEY).root
+
+        local_provider.delete_instance(KEY)
+
+        assert not root.exists()
+        assert list(root.parent.iterdir()) == []
+
+    def test_restore_brings_back_the_disks_own_custom_data_report(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        # Generation 1's custom data failed, generation 2's succeeded: after the rollback the report is
+        # generation 1's again (true of the disk that runs), and nothing runs a second time.
+        failing = with_guest(spec_for(KEY), custom_data=b"echo broken\nexit 3\n")
+        local_provider.create_instance(failing)
+        assert wait_for_custom_data(local_provider, KEY).exit_code == 3
+        local_provider.reimage_instance(with_guest(spec_for(KEY, generation=2), custom_data=b"exit 0\n"))
+        assert wait_for_custom_data(local_provider, KEY).state == "succeeded"
+
+        local_provider.restore_os_disk(failing)
+
+        result = local_provider.read_guest_report(KEY).custom_data
+        assert result == CustomDataResult("failed", 3, "custom data script exited with 3: broken")
+        output = local_provider.instance_layout(KEY).cloud_init_output_log.read_text()
+        assert output.count("running custom data") == 1
+
+    def test_a_reimage_cut_short_after_keeping_the_old_disk_is_finished_by_a_restore(
+        self,
+        local_provider: LocalProvider,
+        spec_for: SpecFactory,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        spec = spec_for(KEY)
+        local_provider.create_instance(with_guest(spec, custom_data=b"exit 0\n"))
+        wait_for_custom_data(local_provider, KEY)
+        LocalDisks(local_provider).write_file(KEY, "os", "note.txt", "generation 1")
+        crash_when_writing(monkeypatch, local_provider.instance_layout(KEY).generation)
+
+        with pytest.raises(SimulatedCrash):  # the old disk is kept, the new one not yet in place
+            local_provider.reimage_instance(spec_for(KEY, generation=2))
+        monkeypatch.undo()
+        restarted = LocalProvider(tmp_path / "instances", stop_timeout=2.0)
+        assert restarted.describe_instance(KEY).state is InstanceState.STOPPED
+
+        restarted.restore_os_disk(with_guest(spec, custom_data=b"exit 0\n"))
+
+        assert restarted.describe_instance(KEY).state is InstanceState.RUNNING
+        assert LocalDisks(restarted).read_file(KEY, "os", "note.txt") == "generation 1"
+        assert restarted.read_guest_report(KEY).custom_data == CustomDataResult(
+            "succeeded", 0, "custom data script exited with 0"
+        )
+        restarted.close()
+
+    def test_a_restore_cut_short_is_finished_by_the_next_restore(
+        self,
+        local_provider: LocalProvider,
+        spec_for: SpecFactory,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        spec = spec_for(KEY)
+        local_provider.create_instance(spec)
+        LocalDisks(local_provider).write_file(KEY, "os", "note.txt", "generation 1")
+        local_provider.reimage_instance(spec_for(KEY, generation=2))
+        crash_when_writing(monkeypatch, local_provider.instance_layout(KEY).generation)
+
+        with pytest.raises(SimulatedCrash):  # the generation-2 disk is discarded, nothing in place yet
+            local_provider.restore_os_disk(spec)
+        monkeypatch.undo()
+        restarted = LocalProvider(tmp_path / "instances", stop_timeout=2.0)
+
+        restarted.restore_os_disk(spec)
+
+        observation = restarted.describe_instance(KEY)
+        assert (observation.state, observation.os_disk_generation) == (InstanceState.RUNNING, 1)
+        assert LocalDisks(restarted).read_file(KEY, "os", "note.txt") == "generation 1"
+        assert kept_disk_files(restarted, KEY) == []
+        restarted.close()
+
+    def test_probe_follows_the_app(self, local_provider: LocalProvider, spec_for: SpecFactory) -> None:
+        spec = dataclasses.replace(spec_for(KEY), image=load_image("webapp-broken-2.0.0"))
+        local_provider.create_instance(spec)
+        request("GET", spec, "/")  # the app is up
+
+        assert local_provider.probe_health(KEY, spec.address, HEALTH_PROBE) is False  # /health says 500
+        assert local_provider.probe_health(KEY, spec.address, HealthProbe("Tcp", 8080)) is True
+
+
+class SimulatedCrash(Exception):
+    """The control plane "dies" at this point of an action."""
+
+
+def crash_when_writing(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """The provider's next atomic write of `target` crashes it before anything is written."""
+    real = local_module.write_file_atomically
+
+    def crashing(path: Path, data: str | bytes, **kwargs: int) -> None:
+        if Path(path) == target:
+            raise SimulatedCrash(str(path))
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(local_module, "write_file_atomically", crashing)

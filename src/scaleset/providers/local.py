@@ -10,6 +10,12 @@ The guest's inputs (custom data, the guest agent's goal state, certificates) are
 directory beside the OS disk, written before the init starts so that it finds them at boot; the guest's
 reports (how custom data ended, the agent's status) are files the init writes there. Both survive a reimage,
 except the reports, which describe the OS disk they came from and go with it.
+
+A reimage keeps the OS disk it replaces, for a rollback (`restore_os_disk`): `os-previous/` beside `os/`,
+with the generation it was made for and the custom data report of its first boot. One disk is kept, the
+one before the last reimage; a restore swaps it back and discards the disk it replaces, so afterwards
+none is kept until the next reimage. The kept disk carries its own cloud-init mark (`boot-finished`), so
+the custom data that ran on it does not run again when it comes back.
 """
 
 from __future__ import annotations
@@ -149,6 +155,26 @@ class LocalProvider(Provider):
                 _check_image(spec.image)
                 self._stop(layout, "stopped")
                 self._replace_os_disk(layout, spec)
+            self._start(layout, spec)
+
+    def restore_os_disk(self, spec: InstanceSpec) -> None:
+        _check_guest_inputs(spec)
+        with self._locked(spec.key):
+            layout = self._existing_layout(spec.key)
+            kept = _KeptDisk(layout)
+            # As with reimage: the OS disk already of that generation means the restore happened (or the
+            # instance was never reimaged away from it); only make sure it runs.
+            already_done = layout.os_disk.is_dir() and _read_generation(layout) == spec.os_disk_generation
+            if not already_done:
+                if not (kept.disk.is_dir() and kept.read_generation() == spec.os_disk_generation):
+                    raise ProviderError(
+                        f"instance {spec.key!r} kept no OS disk of generation {spec.os_disk_generation} "
+                        f"to restore ({kept.describe()})"
+                    )
+                if not spec.image.entrypoint:
+                    raise ProviderError(f"image {spec.image.path} has no entrypoint")
+                self._stop(layout, "stopped")
+                self._restore_kept_disk(layout, kept, spec)
             self._start(layout, spec)
 
     def delete_instance(self, key: str) -> None:
@@ -345,25 +371,54 @@ class LocalProvider(Provider):
     # -- disks ---------------------------------------------------------------------------------------
 
     def _replace_os_disk(self, layout: InstanceLayout, spec: InstanceSpec) -> None:
-        """Copy the image beside the OS disk, then swap it in, so a crash never leaves half a disk."""
-        for leftover in layout.root.glob(".os-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        """Copy the image beside the OS disk, then swap it in, so a crash never leaves half a disk; the
+        disk it replaces is kept for a rollback, in place of the one kept before.
+
+        Each step is a rename or an atomic write, ordered so that whatever step a crash interrupts, a
+        repeated reimage (or a restore of the kept generation) finishes the work: the generation is written
+        while no OS disk is in place, so `os/` never sits beside a generation it was not made for.
+        """
+        _discard_leftovers(layout)
         staging = Path(tempfile.mkdtemp(prefix=".os-new-", dir=layout.root))
         try:
             shutil.copytree(spec.image.path, staging, symlinks=True, dirs_exist_ok=True)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise ProviderError(f"cannot copy image {spec.image.path} to a new OS disk: {exc}") from exc
-        retired = layout.root / ".os-old"
         # The reports describe the OS disk that wrote them: gone before the new disk is in place, so that
-        # nothing ever shows the old disk's custom data or extensions as the new one's.
-        layout.custom_data_result.unlink(missing_ok=True)
+        # nothing ever shows the old disk's custom data or extensions as the new one's. The custom data
+        # report goes with the kept disk (a restore brings it back); the agent's is rewritten at each boot.
         layout.guest_status.unlink(missing_ok=True)
-        if layout.os_disk.exists():
-            os.replace(layout.os_disk, retired)
-        os.replace(staging, layout.os_disk)
+        generation = _read_generation(layout)
+        if layout.os_disk.is_dir() and generation is not None:
+            kept = _KeptDisk(layout)
+            kept.discard()
+            write_file_atomically(kept.generation, str(generation))
+            _move_if_present(layout.custom_data_result, kept.custom_data_result)
+            os.replace(layout.os_disk, kept.disk)
+        elif layout.os_disk.exists():  # a disk of unknown generation cannot be restored: not worth keeping
+            layout.custom_data_result.unlink(missing_ok=True)
+            _discard(layout, layout.os_disk)
         write_file_atomically(layout.generation, str(spec.os_disk_generation))
-        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(staging, layout.os_disk)
+
+    def _restore_kept_disk(self, layout: InstanceLayout, kept: _KeptDisk, spec: InstanceSpec) -> None:
+        """Swap the kept disk back in as the OS disk and discard the one it replaces, with its reports.
+
+        Crash-safe in the same way as `_replace_os_disk`: until the kept disk is renamed into place a
+        repeated restore finds it and finishes; afterwards the OS disk is of the restored generation.
+        """
+        _discard_leftovers(layout)
+        if layout.os_disk.exists():
+            layout.guest_status.unlink(missing_ok=True)
+            layout.custom_data_result.unlink(missing_ok=True)
+            _discard(layout, layout.os_disk)
+        write_file_atomically(layout.generation, str(spec.os_disk_generation))
+        # How the kept disk's first boot ran its custom data: true again now that it is back. Its
+        # `boot-finished` mark came back with it, so the init does not run the custom data a second time.
+        _move_if_present(kept.custom_data_result, layout.custom_data_result)
+        os.replace(kept.disk, layout.os_disk)
+        kept.generation.unlink(missing_ok=True)
 
     # -- keys and locks ------------------------------------------------------------------------------
 
@@ -389,6 +444,70 @@ class LocalProvider(Provider):
         with lock:
             self._reap_children()
             yield
+
+
+@dataclass(frozen=True)
+class _KeptDisk:
+    """The OS disk a reimage replaced, kept for `restore_os_disk`: beside the OS disk, with the generation
+    it was made for and the custom data report of its first boot."""
+
+    layout: InstanceLayout
+
+    @property
+    def disk(self) -> Path:
+        return self.layout.root / "os-previous"
+
+    @property
+    def generation(self) -> Path:
+        return self.layout.root / "os-previous.generation"
+
+    @property
+    def custom_data_result(self) -> Path:
+        return self.layout.root / "os-previous.custom-data-result.json"
+
+    def read_generation(self) -> int | None:
+        try:
+            return int(self.generation.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        generation = self.read_generation() if self.disk.is_dir() else None
+        if generation is None:
+            return "it keeps none: only a reimage keeps the disk it replaces, and a restore uses it up"
+        return f"it keeps generation {generation}, the disk before its last reimage"
+
+    def discard(self) -> None:
+        """Forget the kept disk. Its generation goes first, so a crash never leaves a half-removed disk
+        that still names a generation to restore.
+
+        A report without a kept disk is not stale: only a reimage interrupted between moving the OS disk's
+        report here and moving the disk itself leaves one, and it describes the disk about to be kept.
+        """
+        self.generation.unlink(missing_ok=True)
+        if self.disk.exists():
+            self.custom_data_result.unlink(missing_ok=True)
+            _discard(self.layout, self.disk)
+
+
+def _discard(layout: InstanceLayout, directory: Path) -> None:
+    """Remove a disk: renamed out of the way at once, then deleted (a crash leaves only a leftover)."""
+    doomed = Path(tempfile.mkdtemp(prefix=".os-old-", dir=layout.root))
+    os.replace(directory, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _discard_leftovers(layout: InstanceLayout) -> None:
+    """Staging copies and discarded disks an interrupted reimage or restore left behind."""
+    for leftover in layout.root.glob(".os-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _move_if_present(source: Path, target: Path) -> None:
+    """Rename `source` over `target`. Without a source the target stays: a repeated reimage or restore
+    finds the report already moved by the attempt a crash interrupted."""
+    with suppress(FileNotFoundError):
+        os.replace(source, target)
 
 
 def _is_valid_key(key: str) -> bool:

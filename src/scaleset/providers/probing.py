@@ -26,7 +26,10 @@ def probe_address(address: str, probe: HealthProbe) -> bool:
     path = probe.request_path or "/"
     url = f"{scheme}://{address}:{probe.port}{path if path.startswith('/') else '/' + path}"
     try:
-        response = httpx.get(url, timeout=probe.timeout_seconds, verify=False, follow_redirects=False)
+        # A host-wide HTTP_PROXY must not carry probes of loopback instances: trust_env=False.
+        response = httpx.get(
+            url, timeout=probe.timeout_seconds, verify=False, follow_redirects=False, trust_env=False
+        )
     except httpx.HTTPError:
         return False
     return response.status_code == 200
