@@ -11,13 +11,17 @@ from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog
 from scaleset.engine.clock import Clock, SystemClock
 from scaleset.engine.executor import Executor
+from scaleset.engine.health import HealthReader
+from scaleset.engine.rolling import RollingEngine
 from scaleset.guest.builtin import builtin_packages
 from scaleset.providers.base import Provider
 from scaleset.providers.local import LocalProvider
 from scaleset.services.addresses import DEFAULT_POOL, parse_pool
+from scaleset.services.loadbalancers import LoadBalancerService
 from scaleset.services.scalesets import ScaleSetService
 from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
+from scaleset.services.upgrades import UpgradeService
 from scaleset.store.db import Database, sqlite_url
 
 
@@ -29,6 +33,9 @@ class Settings:
     page_size: int = 100
     workers: int = 8
     observe_every: float = 2.0
+    # How many instances one set may have at once: maxSurge falls back to in-place above it (Azure's quota
+    # check before each batch). A set's tag `scaleset:instanceQuota` overrides it.
+    instance_quota: int = 1000
 
     @property
     def resolved_database_url(self) -> str:
@@ -45,6 +52,10 @@ class Container:
     extensions: ExtensionCatalog
     executor: Executor
     scalesets: ScaleSetService
+    loadbalancers: LoadBalancerService
+    health: HealthReader
+    rolling: RollingEngine
+    upgrades: UpgradeService
     tokens: TokenService
     pool: ipaddress.IPv4Network
 
@@ -82,11 +93,21 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
     catalog = ImageCatalog(db, settings.data_dir / "images", clock)
     extensions = ExtensionCatalog(db, settings.data_dir / "extensions", clock)
     secrets = SecretBox.in_directory(settings.data_dir)
+    loadbalancers = LoadBalancerService(db, clock)
     executor = Executor(
         db, clock, provider, secrets, workers=settings.workers, observe_every=settings.observe_every
     )
     pool = parse_pool(settings.address_pool)
-    scalesets = ScaleSetService(db, clock, catalog, pool, executor.wake, extensions, secrets)
+    scalesets = ScaleSetService(
+        db, clock, catalog, pool, executor.wake, extensions, secrets, probe_exists=loadbalancers.probe_exists
+    )
+    health = HealthReader(provider, clock, loadbalancers.probe_settings)
+    rolling = RollingEngine(
+        db, clock, health, executor.wake, scalesets.create_instances, instance_quota=settings.instance_quota
+    )
+    upgrades = UpgradeService(db, clock, catalog, extensions, executor.wake)
+    rolling.on_finish.append(upgrades.follow_up)
+    executor.reconcilers.append(rolling.step_all)
     return Container(
         settings=settings,
         db=db,
@@ -96,6 +117,10 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         extensions=extensions,
         executor=executor,
         scalesets=scalesets,
+        loadbalancers=loadbalancers,
+        health=health,
+        rolling=rolling,
+        upgrades=upgrades,
         tokens=TokenService(db, clock),
         pool=pool,
     )

@@ -553,3 +553,18 @@ def test_a_restarted_control_plane_resumes_the_same_run(
     with container.db.read() as session:
         assert session.scalar(select(func.count()).select_from(RollingUpgrade)) == 1
     fleet.container = container  # the fixture closes it
+
+
+def test_deleting_the_set_mid_run_ends_the_run_and_leaves_nothing(fleet: Fleet) -> None:
+    fleet.create(rolling_body(4))
+    fleet.publish("1.1.0")
+    start = fleet.container.upgrades.start_os_upgrade(SUB, GROUP, NAME)
+    fleet.run(until=lambda: len(fleet.batches()) == 1)
+    fleet.container.scalesets.delete_set(SUB, GROUP, NAME)
+    fleet.run()
+
+    assert fleet.operation(start.id).status == "Canceled"
+    assert fleet.sim.list_instance_keys() == []
+    with fleet.container.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(RollingUpgrade)) == 0
+        assert session.scalar(select(func.count()).select_from(UpgradeInstance)) == 0

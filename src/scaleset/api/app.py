@@ -12,6 +12,7 @@ from scaleset.api import (
     routes_extension_images,
     routes_groups,
     routes_images,
+    routes_network,
     routes_operations,
     routes_scalesets,
 )
@@ -36,6 +37,7 @@ def create_app(container: Container) -> FastAPI:
         m.router for m in (routes_groups, routes_scalesets, routes_images, routes_operations, routes_admin)
     ]
     routers += [routes_extension_images.router, routes_extension_images.admin_router]
+    routers.append(routes_network.router)
     for router in routers:
         app.include_router(router)
     app.include_router(routes_admin.health_router)

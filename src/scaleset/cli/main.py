@@ -14,7 +14,14 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from scaleset.cli import commands_extension, commands_group, commands_image, commands_token, commands_vmss
+from scaleset.cli import (
+    commands_extension,
+    commands_group,
+    commands_image,
+    commands_network,
+    commands_token,
+    commands_vmss,
+)
 from scaleset.cli.client import DEFAULT_ENDPOINT, DEFAULT_SUBSCRIPTION, CliError
 from scaleset.cli.commands_common import State
 from scaleset.cli.output import OutputFormat, print_error
@@ -108,6 +115,7 @@ app.add_typer(commands_image.vm_app, name="vm")
 app.add_typer(commands_image.image_app, name="image")
 app.add_typer(commands_token.app, name="token")
 app.add_typer(commands_extension.app, name="extension")
+app.add_typer(commands_network.app, name="network")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

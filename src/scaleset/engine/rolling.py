@@ -25,7 +25,6 @@ from scaleset.domain.model_change import change_action
 from scaleset.domain.rolling import (
     ACTIVE_STATUSES,
     CANCELLED,
-    COMPLETED,
     DEFAULT_HEALTH_WAIT,
     FAULTED,
     ROLLING_BACK,
@@ -45,6 +44,7 @@ from scaleset.domain.rolling import (
 from scaleset.engine.clock import Clock
 from scaleset.engine.health import HealthReader, InstanceFacts
 from scaleset.services.operations import OPEN_TASK_STATES, add_task
+from scaleset.services.runs import finish_run
 from scaleset.store.db import Database
 from scaleset.store.tables import (
     Instance,
@@ -308,7 +308,7 @@ class RollingEngine:
                 row.state, row.updated_at = "rolled_back", now
             for row in self._members(session, run, step.rollback_failed):
                 row.state, row.updated_at = "rollback_failed", now
-            self._finish(session, run, operation, FAULTED, now, run.error)
+            finish_run(session, run, operation, FAULTED, now, run.error)
             return True
         if isinstance(step, Finish):
             error = (
@@ -316,7 +316,7 @@ class RollingEngine:
                 if step.error_code is not None
                 else None
             )
-            self._finish(session, run, operation, step.status, now, error)
+            finish_run(session, run, operation, step.status, now, error)
             return True
         return False
 
@@ -425,10 +425,10 @@ class RollingEngine:
             return False
         error = ArmError(409, step.error_code or "RollingUpgradeFailed", step.summary).to_body()
         if step.outcome == "cancel":
-            self._finish(session, run, operation, CANCELLED, now, None)
+            finish_run(session, run, operation, CANCELLED, now, None)
             return True
         if step.outcome == "fault":
-            self._finish(session, run, operation, FAULTED, now, error)
+            finish_run(session, run, operation, FAULTED, now, error)
             return True
         # Roll back every failed instance of the run, this batch's and earlier ones'.
         run.status, run.phase, run.error = ROLLING_BACK, "rolling_back", error
@@ -474,37 +474,6 @@ class RollingEngine:
                 )
             )
         )
-
-    @staticmethod
-    def _finish(
-        session: Session,
-        run: RollingUpgrade,
-        operation: Operation,
-        status: str,
-        now: datetime,
-        error: Json | None,
-    ) -> None:
-        run.status, run.phase, run.end_time, run.deadline, run.not_before = status, "done", now, None, None
-        run.error = error if status == FAULTED else None
-        operation.end_time = now
-        if status == COMPLETED:
-            operation.status, operation.error = "Succeeded", None
-        elif status == CANCELLED:
-            operation.status = "Canceled"
-            operation.error = ArmError(
-                409, "OperationPreempted", "The rolling upgrade was cancelled."
-            ).to_body()
-        else:
-            operation.status, operation.error = "Failed", error
-        # Whoever waits on a cancel of this run is answered now.
-        for waiting in session.scalars(
-            select(Operation).where(
-                Operation.kind == "rolling_cancel",
-                Operation.status == "InProgress",
-                Operation.resource_id == operation.resource_id,
-            )
-        ):
-            waiting.status, waiting.end_time = "Succeeded", now
 
 
 def _task_state(task: Task | None) -> TaskState:

@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scaleset.domain.rolling import ACTIVE_STATUSES, ROLLING_FORWARD
+from scaleset.domain.errors import ArmError
+from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED, COMPLETED, FAULTED, ROLLING_FORWARD
 from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY
 from scaleset.services.operations import start_operation
-from scaleset.store.tables import ResourceGroup, RollingUpgrade, ScaleSet, ScaleSetModel
+from scaleset.store.tables import Operation, ResourceGroup, RollingUpgrade, ScaleSet, ScaleSetModel
 
 Json = dict[str, Any]
 
@@ -105,3 +106,40 @@ def _set_resource_id(scale_set: ScaleSet, group_name: str) -> str:
         f"/subscriptions/{scale_set.subscription}/resourceGroups/{group_name}"
         f"/providers/Microsoft.Compute/virtualMachineScaleSets/{scale_set.name}"
     )
+
+
+def finish_run(
+    session: Session,
+    run: RollingUpgrade,
+    operation: Operation,
+    status: str,
+    now: datetime,
+    error: Json | None,
+) -> None:
+    run.status, run.phase, run.end_time, run.deadline, run.not_before = status, "done", now, None, None
+    run.error = error if status == FAULTED else None
+    operation.end_time = now
+    if status == COMPLETED:
+        operation.status, operation.error = "Succeeded", None
+    elif status == CANCELLED:
+        operation.status = "Canceled"
+        operation.error = ArmError(409, "OperationPreempted", "The rolling upgrade was cancelled.").to_body()
+    else:
+        operation.status, operation.error = "Failed", error
+    # Whoever waits on a cancel of this run is answered now.
+    for waiting in session.scalars(
+        select(Operation).where(
+            Operation.kind == "rolling_cancel",
+            Operation.status == "InProgress",
+            Operation.resource_id == operation.resource_id,
+        )
+    ):
+        waiting.status, waiting.end_time = "Succeeded", now
+
+
+def stop_runs_of_deleted_set(session: Session, scale_set: ScaleSet, now: datetime) -> None:
+    """A set being deleted takes its running upgrade with it: the run ends Cancelled, its waiters answered."""
+    run = active_run(session, scale_set.id)
+    operation = session.get(Operation, run.operation_id) if run is not None and run.operation_id else None
+    if run is not None and operation is not None:
+        finish_run(session, run, operation, CANCELLED, now, None)

@@ -36,7 +36,7 @@ from scaleset.domain.scaleset_spec import (
 from scaleset.engine.clock import Clock
 from scaleset.services.addresses import allocate_addresses
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
-from scaleset.services.runs import active_run, begin_run, effective_policy
+from scaleset.services.runs import active_run, begin_run, effective_policy, stop_runs_of_deleted_set
 from scaleset.services.secrets import SecretBox
 from scaleset.store.db import Database
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
@@ -158,6 +158,7 @@ class ScaleSetService:
                 payload={"group_id": group.id},
             )
             for scale_set in session.scalars(select(ScaleSet).where(ScaleSet.group_id == group.id)):
+                stop_runs_of_deleted_set(session, scale_set, now)
                 self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
                 scale_set.provisioning_state = "Deleting"
             complete_if_done(session, operation.id, now)
@@ -499,6 +500,7 @@ class ScaleSetService:
                 payload={"set_id": scale_set.id},
             )
             scale_set.provisioning_state = "Deleting"
+            stop_runs_of_deleted_set(session, scale_set, now)
             self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
             complete_if_done(session, operation.id, now)
         self._wake()
