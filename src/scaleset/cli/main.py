@@ -19,6 +19,7 @@ from scaleset.cli import (
     commands_group,
     commands_image,
     commands_network,
+    commands_rolling,
     commands_token,
     commands_vmss,
 )
@@ -111,6 +112,7 @@ def root(
 
 app.add_typer(commands_group.app, name="group")
 app.add_typer(commands_vmss.app, name="vmss")
+commands_vmss.app.add_typer(commands_rolling.app, name="rolling-upgrade")
 app.add_typer(commands_image.vm_app, name="vm")
 app.add_typer(commands_image.image_app, name="image")
 app.add_typer(commands_token.app, name="token")

@@ -157,10 +157,11 @@ def plan_next_step(view: RunView, now: datetime) -> Step:
 
 
 def _next_batch(view: RunView, now: datetime) -> Step:
-    if view.not_before is not None and now < view.not_before:
-        return Wait(view.not_before, "pausing between batches")
+    # A cancel during the pause between batches ends the run now: there is no current batch to finish.
     if view.cancel_requested:
         return Finish(CANCELLED, "cancelled before the next batch")
+    if view.not_before is not None and now < view.not_before:
+        return Wait(view.not_before, "pausing between batches")
     plan = plan_batches(view.candidates, view.policy.batches, view.instance_count)
     first = plan.first()
     if not first:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from scaleset.domain.errors import ArmError
 from scaleset.store.tables import (
     Instance,
+    LoadBalancer,
     Operation,
     ResourceGroup,
     RollingUpgrade,
@@ -158,6 +159,7 @@ def _finish_resources(session: Session, operation: Operation, failed: bool) -> N
         group_id = int(payload["group_id"])
         for set_id in list(session.scalars(select(ScaleSet.id).where(ScaleSet.group_id == group_id))):
             _remove_set(session, set_id)
+        session.execute(delete(LoadBalancer).where(LoadBalancer.group_id == group_id))
         session.execute(delete(ResourceGroup).where(ResourceGroup.id == group_id))
     elif operation.kind in ("set_delete", "group_delete"):
         # An instance could not be deleted: the resources stay, marked failed, and can be deleted again.
