@@ -341,6 +341,12 @@ def run_custom_data(
         )
     if data is not None:
         _run_user_script(layout, env, data, timeout, housekeeper)
+    _mark_boot_finished(layout)
+
+
+def _mark_boot_finished(layout: InstanceLayout) -> None:
+    if layout.boot_finished.exists():
+        return
     try:
         layout.cloud_instance_dir.mkdir(parents=True, exist_ok=True)
         write_file_atomically(layout.boot_finished, time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
@@ -412,6 +418,9 @@ def _run_user_script(
 
 
 def _finish_custom_data(layout: InstanceLayout, result: CustomDataResult) -> None:
+    # The boot is finished before anyone can read that the script ended: a restart that follows the
+    # report at once must find the mark, or it would run the script a second time.
+    _mark_boot_finished(layout)
     _write_custom_data_result(layout, result)
     _log(f"custom data {result.state}" + (f" (exit code {result.exit_code})" if result.exit_code else ""))
 
