@@ -234,3 +234,56 @@ def scale_set_body(
     if zones:
         body["zones"] = zones
     return body
+
+
+def eventually(check: Any, timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> Any:
+    """Call `check()` until it returns something truthy, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not met within {timeout} s (last: {value!r})"
+        time.sleep(interval)
+
+
+def instance_addresses(server: ServerProcess, group: str, name: str) -> dict[str, str]:
+    """instance id → address, from the scale set's network interfaces."""
+    with server.client() as client:
+        response = client.get(
+            f"/subscriptions/{server.subscription}/resourceGroups/{group}/providers/Microsoft.Compute/"
+            f"virtualMachineScaleSets/{name}/networkInterfaces",
+            params={"api-version": "2026-04-01"},
+        )
+    assert response.status_code == 200, response.text
+    result = {}
+    for nic in response.json()["value"]:
+        instance_id = nic["properties"]["virtualMachine"]["id"].rsplit("/", 1)[1]
+        result[instance_id] = nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
+    return result
+
+
+def app_request(
+    address: str, path: str, method: str = "GET", content: bytes | None = None, timeout: float = 15.0
+) -> httpx.Response:
+    """One request to the sample webapp on an instance, retried while the app is not listening yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.request(method, f"http://{address}:8080{path}", content=content, timeout=5)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def server_log_errors(server: ServerProcess, since: int = 0) -> list[str]:
+    """Lines of the server's log from byte `since` on that report an error or a traceback."""
+    if server.log_path is None or not server.log_path.exists():
+        return []
+    with open(server.log_path, "rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    return [
+        line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or "Traceback" in line
+    ]

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -103,8 +104,7 @@ def _expectation(spec: InstanceSpec, action: str) -> GuestExpectation:
     )
 
 
-def _extensions_budget(session: Session, instance: Instance) -> float:
-    model = session.get(ScaleSetModel, (instance.set_id, instance.model_version))
+def _extensions_budget(model: ScaleSetModel | None) -> float:
     budget = ((model.model if model else {}).get("extensionProfile") or {}).get("extensionsTimeBudget")
     try:
         return parse_duration(budget) if budget else DEFAULT_EXTENSIONS_BUDGET
@@ -128,6 +128,74 @@ def _resolve_extension(
     chosen = resolve_handler_version(type_handler_version, (i.version for i in images), auto_minor)
     image = next((i for i in images if i.version == chosen), None)
     return (image.version, image.path) if image else None
+
+
+class _ClaimRows:
+    """What a claim reads again for every task of the same set and model: the set, the model version and
+    its history, the image, the extension versions. A claim is one write transaction that changes none
+    of these rows, so each is read once per claim rather than once per task (a claim can hold thousands
+    of tasks; the session's identity map holds rows only while something references them)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._sets: dict[int, ScaleSet | None] = {}
+        self._models: dict[tuple[int, int], ScaleSetModel | None] = {}
+        self._histories: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = {}
+        self._images: dict[tuple[str, ...], Image | None] = {}
+        self._extensions: dict[tuple[str, str, str, bool], tuple[str, str] | None] = {}
+
+    def scale_set(self, set_id: int) -> ScaleSet | None:
+        if set_id not in self._sets:
+            self._sets[set_id] = self._session.get(ScaleSet, set_id)
+        return self._sets[set_id]
+
+    def model(self, set_id: int, version: int) -> ScaleSetModel | None:
+        key = (set_id, version)
+        if key not in self._models:
+            self._models[key] = self._session.get(ScaleSetModel, key)
+        return self._models[key]
+
+    def history(self, set_id: int, version: int) -> list[tuple[int, dict[str, Any]]]:
+        """(version, model) of every model version of the set up to `version`, oldest first."""
+        key = (set_id, version)
+        if key not in self._histories:
+            self._histories[key] = [
+                (row.version, row.model)
+                for row in self._session.scalars(
+                    select(ScaleSetModel)
+                    .where(ScaleSetModel.set_id == set_id, ScaleSetModel.version <= version)
+                    .order_by(ScaleSetModel.version)
+                )
+            ]
+        return self._histories[key]
+
+    def image(self, location: str, reference: dict[str, Any], version: str) -> Image | None:
+        key = (
+            location,
+            reference["publisher"].lower(),
+            reference["offer"].lower(),
+            reference["sku"].lower(),
+            version,
+        )
+        if key not in self._images:
+            self._images[key] = self._session.scalars(
+                select(Image).where(
+                    Image.location == key[0],
+                    Image.publisher_key == key[1],
+                    Image.offer_key == key[2],
+                    Image.sku_key == key[3],
+                    Image.version == key[4],
+                )
+            ).first()
+        return self._images[key]
+
+    def extension(
+        self, publisher: str, type_: str, type_handler_version: str, auto_minor: bool
+    ) -> tuple[str, str] | None:
+        key = (publisher, type_, type_handler_version, auto_minor)
+        if key not in self._extensions:
+            self._extensions[key] = _resolve_extension(self._session, *key)
+        return self._extensions[key]
 
 
 def instance_key(scale_set: ScaleSet, instance: Instance) -> str:
@@ -240,6 +308,7 @@ class Executor:
         now = self._clock.now()
         claimed: list[ClaimedTask] = []
         with self._db.write() as session:
+            rows = _ClaimRows(session)
             busy = set(session.scalars(select(Task.instance_row_id).where(Task.status == "running")))
             settling = {
                 t.instance_row_id: t for t in session.scalars(select(Task).where(Task.status == "settling"))
@@ -253,14 +322,12 @@ class Executor:
                     task.status = "done"
                     complete_if_done(session, task.operation_id, now)
                     continue
-                scale_set = session.get(ScaleSet, instance.set_id)
+                scale_set = rows.scale_set(instance.set_id)
                 assert scale_set is not None
                 task.attempts += 1
                 task.updated_at = now
                 try:
-                    spec = (
-                        None if task.action in KEY_ONLY_ACTIONS else self._spec(session, scale_set, instance)
-                    )
+                    spec = None if task.action in KEY_ONLY_ACTIONS else self._spec(rows, scale_set, instance)
                 except ProviderError as error:
                     # This task cannot run (its image left the catalog, say): it fails alone and
                     # the pass goes on with the others.
@@ -282,42 +349,24 @@ class Executor:
                         claimed_task.key,
                         spec,
                         _expectation(spec, task.action),
-                        _extensions_budget(session, instance),
+                        _extensions_budget(rows.model(instance.set_id, instance.model_version)),
                     )
                 claimed.append(claimed_task)
         return claimed
 
-    def _spec(self, session: Session, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:
-        model_row = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
+    def _spec(self, rows: _ClaimRows, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:
+        model_row = rows.model(scale_set.id, instance.model_version)
         assert model_row is not None
         model = model_row.model
         reference = model["storageProfile"]["imageReference"]
-        image = session.scalars(
-            select(Image).where(
-                Image.location == scale_set.location,
-                Image.publisher_key == reference["publisher"].lower(),
-                Image.offer_key == reference["offer"].lower(),
-                Image.sku_key == reference["sku"].lower(),
-                Image.version == instance.image_version,
-            )
-        ).first()
+        image = rows.image(scale_set.location, reference, instance.image_version)
         if image is None:
             raise ProviderError(f"image version {instance.image_version} is no longer in the catalog")
         name = computer_name(model["osProfile"]["computerNamePrefix"], instance.instance_id)
-        history = [
-            (row.version, row.model)
-            for row in session.scalars(
-                select(ScaleSetModel)
-                .where(ScaleSetModel.set_id == scale_set.id, ScaleSetModel.version <= instance.model_version)
-                .order_by(ScaleSetModel.version)
-            )
-        ]
         try:
             goal = goal_state_for(
-                history,
-                lambda publisher, type_, version, auto: _resolve_extension(
-                    session, publisher, type_, version, auto
-                ),
+                rows.history(scale_set.id, instance.model_version),
+                rows.extension,
                 lambda sealed: self._encrypt_for(instance, sealed),
             )
         except ExtensionUnavailable as error:

@@ -344,8 +344,15 @@ class RollingEngine:
         run.not_before = None
         surge = bool(run.policy.get("maxSurge")) and self._surge_fits(session, scale_set, len(instances))
         new_instances = self._create_instances(session, operation, scale_set, len(instances)) if surge else []
+        # Read once per model version, not per instance (the identity map holds a row only while it is
+        # referenced, so a repeated get would read and parse the model again).
+        models: dict[int, ScaleSetModel | None] = {}
         for index, instance in enumerate(instances):
-            before = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
+            if instance.model_version not in models:
+                models[instance.model_version] = session.get(
+                    ScaleSetModel, (scale_set.id, instance.model_version)
+                )
+            before = models[instance.model_version]
             action = change_action(
                 before.model if before else {},
                 target.model,
