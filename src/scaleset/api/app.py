@@ -9,12 +9,17 @@ from fastapi import FastAPI
 from scaleset import __version__
 from scaleset.api import (
     routes_admin,
+    routes_dashboard,
     routes_extension_images,
     routes_groups,
+    routes_history,
     routes_images,
+    routes_metrics,
     routes_network,
     routes_operations,
+    routes_plan,
     routes_scalesets,
+    routes_walks,
 )
 from scaleset.api.errors import install_error_handlers
 from scaleset.api.paths import CaseInsensitivePaths
@@ -33,7 +38,9 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     install_error_handlers(app)
-    routers = [
+    # Our own endpoints first: `POST .../virtualMachineScaleSets/{name}/{action}` would swallow them.
+    routers = [m.router for m in (routes_history, routes_walks, routes_plan)]
+    routers += [
         m.router for m in (routes_groups, routes_scalesets, routes_images, routes_operations, routes_admin)
     ]
     routers += [routes_extension_images.router, routes_extension_images.admin_router]
@@ -41,6 +48,8 @@ def create_app(container: Container) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.include_router(routes_admin.health_router)
+    app.include_router(routes_dashboard.router)
+    app.include_router(routes_metrics.router)
     templates = [
         path for router in routers for route in router.routes if (path := getattr(route, "path", None))
     ]

@@ -17,8 +17,10 @@ from typer.core import TyperGroup
 from scaleset.cli import (
     commands_extension,
     commands_group,
+    commands_history,
     commands_image,
     commands_network,
+    commands_plan,
     commands_rolling,
     commands_token,
     commands_vmss,
@@ -113,6 +115,8 @@ def root(
 app.add_typer(commands_group.app, name="group")
 app.add_typer(commands_vmss.app, name="vmss")
 commands_vmss.app.add_typer(commands_rolling.app, name="rolling-upgrade")
+commands_vmss.app.command("get-os-upgrade-history")(commands_history.get_os_upgrade_history)
+commands_rolling.app.command("plan")(commands_plan.plan)
 app.add_typer(commands_image.vm_app, name="vm")
 app.add_typer(commands_image.image_app, name="image")
 app.add_typer(commands_token.app, name="token")

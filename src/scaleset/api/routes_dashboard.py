@@ -1,0 +1,7 @@
+"""(being written) dashboard routes; they do their own authentication."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
