@@ -100,6 +100,20 @@ class LroPolicy:
     clock: Callable[[], float] = field(default=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Started:
+    """A long-running operation just started: its status URL (None when it finished inside the
+    request), the first answer's body, and how long the server asked us to wait before looking."""
+
+    status_url: str | None
+    body: Any
+    delay: float
+
+
+def is_terminal(status: str) -> bool:
+    return status.lower() in TERMINAL_STATUSES
+
+
 class ApiClient:
     """Requests against one scaleset endpoint, as one subscription, with one token."""
 
@@ -255,6 +269,24 @@ class ApiClient:
         else:
             return initial
         return self.get(path, params) if is_write else None
+
+    def start(
+        self, method: str, path: str, body: Any = None, *, params: dict[str, str] | None = None
+    ) -> Started:
+        """Start a long-running operation and return at once with what is needed to follow it."""
+        response = self.request(method, path, params=params, body=body)
+        return Started(
+            status_url=response.headers.get("Azure-AsyncOperation"),
+            body=json_body(response),
+            delay=self._retry_after(response),
+        )
+
+    def operation_status(self, url: str) -> dict[str, Any]:
+        """One look at an operation's status resource (`{"name", "status", "error"?}`)."""
+        body = self.get(url)
+        if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+            raise CliError("BadResponse", f"the operation status at {url} has no 'status'")
+        return body
 
     # --- long-running operations ---------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from scaleset.cli.client import ApiClient, CliError
 from scaleset.cli.commands_common import GroupOption, NoWaitOption, client, emit, state, usage_error
 from scaleset.cli.output import Column, OutputFormat, col, field, render
 from scaleset.cli.paths import ImageUrn, PathError, apply_set, apply_sets, parse_instance_ids, parse_urn
+from scaleset.cli.progress import Watcher, conclude, display_for, start_or_refuse, watch_run
 
 app = typer.Typer(name="vmss", help="Manage virtual machine scale sets.", no_args_is_help=True)
 
@@ -611,24 +612,89 @@ def reimage(
     _run_action(ctx, group, name, "reimage", instance_ids, no_wait)
 
 
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="Wait for the end, showing progress, and exit with a code that says how it ended (default).",
+    ),
+]
+UPDATE_DOMAIN_COLUMNS = [
+    col("UpdateDomain", "updateDomain"),
+    col("Instances", "instanceIds"),
+    col("Zones", "zones"),
+    col("LatestModelApplied", "latestModelAppliedInstanceIds"),
+]
+
+
 @app.command("update-instances")
 def update_instances(
     ctx: typer.Context,
     group: GroupOption,
     name: NameOption,
     instance_ids: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            "--instance-ids", help="Space-separated instance ids (ex: 0 1 2), or * for all instances."
+            "--instance-ids",
+            help="Space-separated instance ids (ex: 0 1 2), or * for all instances.",
+            show_default=False,
         ),
-    ],
-    no_wait: NoWaitOption = False,
+    ] = None,
+    update_domain: Annotated[
+        int | None,
+        typer.Option(
+            "--update-domain",
+            min=0,
+            help="Instead of --instance-ids: every instance of this update domain (0-4).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: WaitOption = True,
 ) -> None:
-    """Bring instances to the latest scale-set model (manual upgrade)."""
+    """Bring instances to the latest scale-set model (manual upgrade), chosen by id or by update domain."""
+    if (instance_ids is None) == (update_domain is None):
+        raise usage_error("give either --instance-ids or --update-domain", "--instance-ids")
     api = client(ctx)
-    ids = _instance_ids(instance_ids)
-    body = {"instanceIds": ids if ids is not None else ["*"]}
-    api.begin("POST", api.vmss_path(group, name, "manualupgrade"), body, wait=not no_wait)
+    chosen: set[str] | None
+    if update_domain is not None:
+        path = api.vmss_path(group, name, "updateDomains", str(update_domain), "manualUpgrade")
+        started = start_or_refuse(api, path)
+        chosen = _domain_instance_ids(api, group, name, update_domain)
+    else:
+        ids = _instance_ids(instance_ids)
+        body = {"instanceIds": ids if ids is not None else ["*"]}
+        started = start_or_refuse(api, api.vmss_path(group, name, "manualupgrade"), body)
+        chosen = set(ids) if ids is not None else None
+    if wait:
+        watcher = Watcher(api, display_for())
+        conclude(watcher.instances(group, name, started, chosen, f"manual upgrade of {name}"))
+
+
+def _domain_instance_ids(api: ApiClient, group: str, name: str, update_domain: int) -> set[str]:
+    domains = api.get(api.vmss_path(group, name, "updateDomains")).get("value") or []
+    return {
+        str(i) for d in domains if d.get("updateDomain") == update_domain for i in d.get("instanceIds") or []
+    }
+
+
+@app.command("list-update-domains")
+def list_update_domains(ctx: typer.Context, group: GroupOption, name: NameOption) -> None:
+    """The update domains that hold instances: their instances, zones, and which run the latest model."""
+    api = client(ctx)
+    emit(ctx, api.get(api.vmss_path(group, name, "updateDomains")).get("value") or [], UPDATE_DOMAIN_COLUMNS)
+
+
+@app.command("upgrade-domain-walk")
+def upgrade_domain_walk(
+    ctx: typer.Context, group: GroupOption, name: NameOption, wait: WaitOption = True
+) -> None:
+    """Bring every update domain to the latest model, one domain after the other: each domain's
+    instances must be healthy before the next domain starts, and the first failure stops the walk
+    (docs/update-domain-walks.md)."""
+    api = client(ctx)
+    started = start_or_refuse(api, api.vmss_path(group, name, "upgradeDomainWalk"))
+    if wait:
+        watch_run(api, group, name, started, f"update-domain walk of {name}")
 
 
 @app.command("delete-instances")

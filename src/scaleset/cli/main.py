@@ -1,7 +1,10 @@
 """The `scaleset` command: the server (`serve`) and az-like commands that talk to its HTTP API.
 
 Exit codes: 0 success, 1 an error from the API (printed as `ERROR (<code>) <message>`), 2 a usage
-error. Global options (`--endpoint`, `--token`, `--subscription`, `--ca-cert`, `-o`) may be given
+error. The commands that start an upgrade and wait for it (`vmss rolling-upgrade start`,
+`start-extension-upgrade`, `vmss upgrade-domain-walk`, `vmss update-instances`) say how it ended:
+3 faulted, 4 faulted and rolled back, 5 cancelled, 6 refused to start (cli/progress.py `ExitCode`,
+docs/cli.md). Global options (`--endpoint`, `--token`, `--subscription`, `--ca-cert`, `-o`) may be given
 anywhere on the command line, as with az.
 """
 
