@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scaleset.catalog.extensions import ExtensionCatalog
@@ -18,6 +19,7 @@ from scaleset.providers.base import Provider
 from scaleset.providers.local import LocalProvider
 from scaleset.services.addresses import DEFAULT_POOL, parse_pool
 from scaleset.services.loadbalancers import LoadBalancerService
+from scaleset.services.platform import PlatformUpgrades
 from scaleset.services.scalesets import ScaleSetService
 from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
@@ -36,6 +38,11 @@ class Settings:
     # How many instances one set may have at once: maxSurge falls back to in-place above it (Azure's quota
     # check before each batch). A set's tag `scaleset:instanceQuota` overrides it.
     instance_quota: int = 1000
+    # How often the platform sweeps for automatic OS upgrades a crash or a busy set left waiting (seconds);
+    # publishing, the end of a run and an operator's clear act at once without it.
+    platform_sweep_every: float = field(
+        default_factory=lambda: float(os.environ.get("SCALESET_PLATFORM_SWEEP_SECONDS") or 60)
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,6 +63,7 @@ class Container:
     health: HealthReader
     rolling: RollingEngine
     upgrades: UpgradeService
+    platform: PlatformUpgrades
     tokens: TokenService
     pool: ipaddress.IPv4Network
 
@@ -107,7 +115,11 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
     )
     upgrades = UpgradeService(db, clock, catalog, extensions, executor.wake)
     rolling.on_finish.append(upgrades.follow_up)
+    platform = PlatformUpgrades(db, clock, catalog, executor.wake, sweep_every=settings.platform_sweep_every)
+    catalog.on_publish.append(platform.on_image_published)
+    rolling.on_finish.append(platform.on_run_finished)
     executor.reconcilers.append(rolling.step_all)
+    executor.reconcilers.append(platform.reconcile)
     return Container(
         settings=settings,
         db=db,
@@ -121,6 +133,7 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         health=health,
         rolling=rolling,
         upgrades=upgrades,
+        platform=platform,
         tokens=TokenService(db, clock),
         pool=pool,
     )

@@ -306,7 +306,7 @@ def test_automatic_os_upgrade_policy_keys_and_string_booleans() -> None:
             },
         }
     )
-    image_of(document)["version"] = "latest"
+    image_of(with_probe(document))["version"] = "latest"
 
     policy = validate_scale_set(document, NAME, None)["properties"]["upgradePolicy"]
 
@@ -427,7 +427,9 @@ def test_a_malformed_probe_reference_is_refused() -> None:
 @pytest.mark.parametrize("enable", [True, "true"])
 def test_automatic_os_upgrade_requires_latest(enable: Any) -> None:
     """M-7: enableAutomaticOSUpgrade needs imageReference.version = 'latest'."""
-    document = body(upgradePolicy={"automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": enable}})
+    document = with_probe(
+        body(upgradePolicy={"automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": enable}})
+    )
 
     assert_invalid(refused(document), f"{AUTO_OS}.enableAutomaticOSUpgrade")
 
@@ -529,7 +531,10 @@ def test_patch_can_enable_automatic_os_upgrade_with_latest(current: Json) -> Non
         {
             "properties": {
                 "upgradePolicy": {"automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True}},
-                "virtualMachineProfile": {"storageProfile": {"imageReference": {"version": "latest"}}},
+                "virtualMachineProfile": {
+                    "storageProfile": {"imageReference": {"version": "latest"}},
+                    "networkProfile": {"healthProbe": {"id": PROBE_ID}},
+                },
             }
         },
     )

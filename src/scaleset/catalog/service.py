@@ -1,11 +1,13 @@
 """The image catalog: publishing image versions and finding them again.
 
 Publishing unpacks the artifact under `<data dir>/images/...` with the artifact-safety rules of
-`catalog/artifacts.py`, then records it; a publish that fails leaves neither files nor a row.
+`catalog/artifacts.py`, then records it; a publish that fails leaves neither files nor a row. Once the row
+is committed, the `on_publish` listeners hear of the new version (automatic OS upgrades start there, M-8).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from scaleset.store.db import Database
 from scaleset.store.tables import Image
 
 T = TypeVar("T")
+log = logging.getLogger("scaleset.catalog")
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,20 @@ class ImageCatalog:
         self._db = db
         self._root = root
         self._clock = clock
+        # Called with each newly published image, after its row is committed.
+        self.on_publish: list[Callable[[Image], object]] = []
 
     # ------------------------------------------------------------------------------------ publishing
     def publish(self, where: ImageCoordinates, artifact: Path) -> Image:
+        image = self._publish(where, artifact)
+        for listener in self.on_publish:
+            try:
+                listener(image)
+            except Exception:  # the version is published whatever a listener makes of it
+                log.exception("a listener failed on the publish of %s %s", image.sku, image.version)
+        return image
+
+    def _publish(self, where: ImageCoordinates, artifact: Path) -> Image:
         location = self._check_coordinates(where)
         request = ImageRequest(where.publisher, where.offer, where.sku, where.version)
         if self.find(location, request) is not None:
@@ -139,6 +153,18 @@ class ImageCatalog:
             return None
         # 1.0.01 and 1.0.1 are the same version, as Azure compares them.
         return next((image for image in candidates if ImageVersion.parse(image.version) == wanted), None)
+
+    def find_allowed(self, location: str, request: ImageRequest, blocked: frozenset[str]) -> Image | None:
+        """As `find`, but 'latest' passes over the `blocked` versions (rolled back on the set asking)."""
+        if not is_latest(request.version) or not blocked:
+            return self.find(location, request)
+        refused = {ImageVersion.parse(version) for version in blocked}
+        with self._db.read() as session:
+            candidates = session.scalars(
+                select(Image).where(*_image_filter(location, request.publisher, request.offer, request.sku))
+            ).all()
+        allowed = [image for image in candidates if ImageVersion.parse(image.version) not in refused]
+        return max(allowed, key=lambda image: ImageVersion.parse(image.version), default=None)
 
     def resolve(self, location: str, request: ImageRequest) -> Image:
         image = self.find(location, request)

@@ -12,7 +12,9 @@ from scaleset.cli.commands_common import client, emit, usage_error
 from scaleset.cli.output import col
 from scaleset.cli.paths import ImageUrn, parse_urn, version_key
 
-vm_app = typer.Typer(name="vm", help="Virtual machine images (platform image catalog).", no_args_is_help=True)
+vm_app = typer.Typer(
+    name="vm", help="Virtual machines, their extensions, availability sets and images.", no_args_is_help=True
+)
 vm_image_app = typer.Typer(name="image", help="Browse the platform image catalog.", no_args_is_help=True)
 vm_app.add_typer(vm_image_app, name="image")
 

@@ -24,8 +24,10 @@ from scaleset.cli import (
     commands_image,
     commands_network,
     commands_plan,
+    commands_platform,
     commands_rolling,
     commands_token,
+    commands_vm,  # noqa: F401  (registers vm create/… on commands_image.vm_app)
     commands_vmss,
 )
 from scaleset.cli.client import DEFAULT_ENDPOINT, DEFAULT_SUBSCRIPTION, CliError
@@ -119,6 +121,9 @@ app.add_typer(commands_group.app, name="group")
 app.add_typer(commands_vmss.app, name="vmss")
 commands_vmss.app.add_typer(commands_rolling.app, name="rolling-upgrade")
 commands_vmss.app.command("get-os-upgrade-history")(commands_history.get_os_upgrade_history)
+commands_vmss.app.command("list-blocked-image-versions")(commands_platform.list_blocked_image_versions)
+commands_vmss.app.command("clear-blocked-image-versions")(commands_platform.clear_blocked_image_versions)
+commands_vmss.app.command("approve-rolling-upgrade")(commands_platform.approve_rolling_upgrade)
 commands_rolling.app.command("plan")(commands_plan.plan)
 app.add_typer(commands_image.vm_app, name="vm")
 app.add_typer(commands_image.image_app, name="image")

@@ -5,19 +5,31 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.text import Text
 
 from scaleset.api.app import create_app
 from scaleset.bootstrap import Settings, build
 from scaleset.cli.tls import ensure_certificate, is_loopback
+from scaleset.observability.logs import LogFormat, configure_logging
 from scaleset.services.addresses import DEFAULT_POOL
 
 console = Console(stderr=True)
+
+
+def announcer(log_format: LogFormat) -> Callable[..., None]:
+    """How serve tells the operator things: Rich on the terminal, or, with `--log-format json`, log
+    records, so that every line of the server's output is one JSON object for the shipper."""
+    if log_format is LogFormat.human:
+        return lambda markup, level=logging.INFO: console.print(markup)
+    log = logging.getLogger("scaleset.serve")
+    return lambda markup, level=logging.INFO: log.log(level, Text.from_markup(markup).plain)
 
 
 def default_data_dir() -> Path:
@@ -57,14 +69,29 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="human: one readable line per record; json: one JSON object per line (for log shippers)"
+        ),
+    ] = LogFormat.human,
+    metrics_public: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-public",
+            help="Let GET /metrics answer without a token (for Prometheus on a trusted network)",
+        ),
+    ] = False,
 ) -> None:
     """Run the control plane: Azure's Compute REST API, the engine and the local provider."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(log_level, log_format)
+    say = announcer(log_format)
     if not tls and not is_loopback(host):
-        console.print(
+        say(
             f"[red]Refusing to serve plain http on {host}[/red]: bearer tokens would cross the "
             "network unencrypted. Add --tls (a self-signed certificate is made for you) or listen "
-            "on 127.0.0.1."
+            "on 127.0.0.1.",
+            logging.ERROR,
         )
         raise typer.Exit(2)
     directory = (data_dir or default_data_dir()).resolve()
@@ -82,11 +109,11 @@ def serve(
     if tls:
         cert, key = ensure_certificate(directory, host)
         cert_file, key_file = str(cert), str(key)
-        console.print(
+        say(
             f"TLS: clients trust [bold]{cert}[/bold] (SDK: connection_verify='{cert}'; "
             f"CLI: SCALESET_CA_CERT={cert}; curl: --cacert {cert})"
         )
-    console.print(f"scaleset {endpoint}  data: {directory}  admin token: {token_path}")
+    say(f"scaleset {endpoint}  data: {directory}  admin token: {token_path}")
     if demo:
         from scaleset.cli.demo import run_demo_when_ready
 
@@ -98,10 +125,12 @@ def serve(
         ).start()
     try:
         uvicorn.run(
-            create_app(container),
+            create_app(container, metrics_public=metrics_public),
             host=host,
             port=port,
             log_level=log_level.lower(),
+            # Uvicorn's loggers propagate to ours (configure_logging): one format, with the log context.
+            log_config=None,
             timeout_graceful_shutdown=5,
             ssl_certfile=cert_file,
             ssl_keyfile=key_file,

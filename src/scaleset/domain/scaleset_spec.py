@@ -550,6 +550,8 @@ def _check_health_source(properties: Json) -> None:
 
 
 def _check_automatic_os_upgrade(properties: Json) -> None:
+    """M-7, M-11: automatic OS upgrade follows `latest` and needs a health source. The third rule, an image
+    the catalog marks as supporting it (M-12), needs the catalog: `services/scalesets.py` checks it."""
     auto = properties["upgradePolicy"].get("automaticOSUpgradePolicy") or {}
     if not auto.get("enableAutomaticOSUpgrade"):
         return
@@ -559,4 +561,11 @@ def _check_automatic_os_upgrade(properties: Json) -> None:
             "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
             "Automatic OS image upgrade needs the image version 'latest' in "
             "virtualMachineProfile.storageProfile.imageReference.version.",
+        )
+    if not has_health_source(properties["virtualMachineProfile"]):
+        # Azure: the platform judges each batch by a health signal; without one it cannot stop a bad image.
+        raise invalid(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            "Automatic OS image upgrade needs a health source: a load balancer health probe "
+            "(virtualMachineProfile.networkProfile.healthProbe) or the Application Health extension.",
         )

@@ -18,7 +18,14 @@ from scaleset.domain.errors import ArmError
 from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED, COMPLETED, FAULTED, ROLLING_FORWARD
 from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY
 from scaleset.services.operations import start_operation
-from scaleset.store.tables import Operation, ResourceGroup, RollingUpgrade, ScaleSet, ScaleSetModel
+from scaleset.store.tables import (
+    BlockedImageVersion,
+    Operation,
+    ResourceGroup,
+    RollingUpgrade,
+    ScaleSet,
+    ScaleSetModel,
+)
 
 Json = dict[str, Any]
 
@@ -35,6 +42,17 @@ def active_run(session: Session, set_id: int) -> RollingUpgrade | None:
             RollingUpgrade.set_id == set_id, RollingUpgrade.status.in_(ACTIVE_STATUSES)
         )
     ).first()
+
+
+def blocked_image_versions(session: Session, scale_set: ScaleSet) -> frozenset[str]:
+    """The image versions automatic upgrades must not offer the set (rolled back there, not cleared)."""
+    return frozenset(
+        session.scalars(
+            select(BlockedImageVersion.image_version).where(
+                BlockedImageVersion.set_uid == scale_set.uid, BlockedImageVersion.cleared_at.is_(None)
+            )
+        )
+    )
 
 
 def new_model_version(session: Session, scale_set: ScaleSet, exact_image_version: str, now: datetime) -> int:
@@ -64,8 +82,12 @@ def begin_run(
     started_by: str,
     rollback_on_breach: bool,
     now: datetime,
+    policy: Json | None = None,
 ) -> RollingUpgrade:
-    """Write a run towards the set's newest model, and the operation that waits for it."""
+    """Write a run towards the set's newest model, and the operation that waits for it.
+
+    `policy` overrides the set's rolling policy (automatic OS upgrades run Azure's default unless the set
+    asks for its own, `domain/auto_upgrade.py`)."""
     group = session.get(ResourceGroup, scale_set.group_id)
     assert group is not None
     operation = start_operation(
@@ -83,7 +105,7 @@ def begin_run(
         kind=kind,
         started_by=started_by,
         operation_id=operation.id,
-        policy=effective_policy(scale_set.document),
+        policy=policy if policy is not None else effective_policy(scale_set.document),
         rollback_on_breach=rollback_on_breach,
         target_model_version=scale_set.model_version,
         target_image_version=scale_set.exact_image_version,

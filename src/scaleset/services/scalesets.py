@@ -18,7 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scaleset.catalog.extensions import ExtensionCatalog
+from scaleset.catalog.manifest import parse_image_manifest
 from scaleset.catalog.service import ImageCatalog, image_not_found
+from scaleset.domain.auto_upgrade import AutoOsSettings
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
 from scaleset.domain.extensions_spec import extension_named
 from scaleset.domain.model_change import change_action
@@ -36,10 +38,16 @@ from scaleset.domain.scaleset_spec import (
 from scaleset.engine.clock import Clock
 from scaleset.services.addresses import allocate_addresses
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
-from scaleset.services.runs import active_run, begin_run, effective_policy, stop_runs_of_deleted_set
+from scaleset.services.runs import (
+    active_run,
+    begin_run,
+    blocked_image_versions,
+    effective_policy,
+    stop_runs_of_deleted_set,
+)
 from scaleset.services.secrets import SecretBox
 from scaleset.store.db import Database
-from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
+from scaleset.store.tables import Image, Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
 
 Json = dict[str, Any]
 
@@ -287,9 +295,21 @@ class ScaleSetService:
                 f"The load balancer probe '{probe['id']}' does not exist.",
                 "properties.virtualMachineProfile.networkProfile.healthProbe.id",
             )
-        image = self._catalog.find(location, image_request(document))
+        with self._db.read() as session:
+            group = _find_group(session, subscription, group_name)
+            existing = _find_set(session, group, name) if group is not None else None
+            # 'latest' passes over versions rolled back on this set (services/platform.py): a PUT that
+            # only scales must not bring a known-bad image back.
+            blocked = blocked_image_versions(session, existing) if existing is not None else frozenset()
+            was_auto = (
+                existing is not None
+                and AutoOsSettings.of(existing.document["properties"]["upgradePolicy"]).enabled
+            )
+        image = self._catalog.find_allowed(location, image_request(document), blocked)
         if image is None:
             raise image_not_found(location, image_request(document))
+        if not was_auto:
+            _check_automatic_os_upgrade_supported(document, image)
         now = self._clock.now()
         with self._db.write() as session:
             group = _require_group(session, subscription, group_name)
@@ -478,6 +498,8 @@ class ScaleSetService:
     ) -> list[ScaleSet]:
         with self._db.read() as session:
             query = select(ScaleSet).where(ScaleSet.subscription == subscription).order_by(ScaleSet.id)
+            # Standalone VMs run on hidden one-instance sets (services/vms.py): not scale sets to clients.
+            query = query.where(~ScaleSet.name_key.startswith("_vm.", autoescape=True))
             if group_name is not None:
                 query = query.where(ScaleSet.group_id == _require_group(session, subscription, group_name).id)
             if location is not None:
@@ -698,6 +720,20 @@ class ScaleSetService:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _check_automatic_os_upgrade_supported(document: Json, image: Image) -> None:
+    """M-12: switching automatic OS upgrade on needs an image the catalog marks as supporting it
+    (`automaticOSUpgradeSupported` in its manifest). Checked when it is switched on, not on every later
+    write, so a newer version without the mark does not lock the set; the platform just never offers it."""
+    if not AutoOsSettings.of(document["properties"]["upgradePolicy"]).enabled:
+        return
+    if not parse_image_manifest(image.manifest).automatic_os_upgrade_supported:
+        raise invalid(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            f"Automatic OS image upgrade is not supported by the image {image.publisher}:{image.offer}:"
+            f"{image.sku}:{image.version}: its manifest does not set automaticOSUpgradeSupported.",
+        )
+
+
 def _same_handler(a: Json, b: Json) -> bool:
     return all(
         str(a["properties"].get(key, "")).lower() == str(b["properties"].get(key, "")).lower()

@@ -242,3 +242,63 @@ class ExtensionImage(Base):
     path: Mapped[str] = mapped_column(Text)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     published_at: Mapped[datetime]
+
+
+class BlockedImageVersion(Base):
+    """An image version an automatic OS upgrade must not offer a set again: an upgrade to it there was
+    rolled back (services/platform.py). One row per such run; `cleared_at` is set when an operator lifts
+    the block, and the row stays as the record of what happened. Keyed by the set's `uid`, not its row id:
+    no foreign key holds up deleting the set, and a set made later under a reused row id inherits nothing."""
+
+    __tablename__ = "blocked_image_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_uid: Mapped[str] = mapped_column(String(36), index=True)
+    image_version: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(36), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    blocked_at: Mapped[datetime]
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AvailabilitySet(Base):
+    """`Microsoft.Compute/availabilitySets`: the document holds the domain counts (domain/
+    availability_set_spec.py). Goes with its resource group (ON DELETE CASCADE)."""
+
+    __tablename__ = "availability_sets"
+    __table_args__ = (UniqueConstraint("group_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("resource_groups.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    name_key: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class VirtualMachine(Base):
+    """A standalone `Microsoft.Compute/virtualMachines`, run by a hidden one-instance scale set
+    (`set_id`, services/vms.py). The row goes when that set is removed (ON DELETE CASCADE), so deleting a
+    VM, or its group, needs no step of its own once the instance is gone. `update_domain`/`fault_domain`
+    are its place in its availability set (0/0 outside one); `extensions` is the list of its extension
+    resources as the set's model holds them."""
+
+    __tablename__ = "virtual_machines"
+    __table_args__ = (UniqueConstraint("group_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("resource_groups.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    name_key: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]]
+    extensions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    set_id: Mapped[int] = mapped_column(ForeignKey("scale_sets.id", ondelete="CASCADE"), unique=True)
+    availability_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("availability_sets.id"), nullable=True, index=True
+    )
+    update_domain: Mapped[int] = mapped_column(Integer, default=0)
+    fault_domain: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

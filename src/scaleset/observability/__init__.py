@@ -1,0 +1,1 @@
+"""What an operator sees of a running control plane: Prometheus metrics and structured logs."""

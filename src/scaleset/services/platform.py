@@ -1,0 +1,405 @@
+"""Automatic OS image upgrades started by the platform (M-7, M-8, M-10, M-12), and the memory that keeps
+them from looping.
+
+When does the platform look at a set?
+- at once when a version of its publisher/offer/sku is published (`on_image_published`, a catalog
+  listener): every opted-in set starts its run in that same moment;
+- when a run on the set ends (`on_run_finished`, a rolling-engine listener): a set that was busy when the
+  version came out gets its turn; a run that rolled an image back blocks that image on the set;
+- when an operator clears a blocked version or approves a deferred upgrade;
+- in a sweep every `sweep_every` seconds and at start (`reconcile`, an engine reconciler): whatever a
+  crash between two of the steps above lost is found again (M-26). The sweep only reads unless a set is
+  behind.
+
+What it decides is `domain/auto_upgrade.py`'s job; this module gathers the facts and writes the result,
+the run (and the model version it targets) in one transaction, as a user-started upgrade would be.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session
+
+from scaleset.catalog.manifest import parse_image_manifest
+from scaleset.catalog.service import ImageCatalog
+from scaleset.domain.auto_upgrade import (
+    PLATFORM,
+    AutoOsSettings,
+    MemberOutcome,
+    PlatformDecision,
+    SetFacts,
+    follows_latest,
+    plan_platform_upgrade,
+    platform_run_policy,
+    version_to_block,
+    version_to_restore,
+)
+from scaleset.domain.errors import invalid, operation_not_allowed
+from scaleset.domain.model_change import change_action
+from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED
+from scaleset.domain.scaleset_spec import image_request
+from scaleset.domain.versions import ImageVersion
+from scaleset.engine.clock import Clock
+from scaleset.services.runs import active_run, begin_run, blocked_image_versions, new_model_version
+from scaleset.services.scalesets import _require_set
+from scaleset.store.db import Database
+from scaleset.store.tables import (
+    BlockedImageVersion,
+    Image,
+    Instance,
+    Operation,
+    RollingUpgrade,
+    ScaleSet,
+    ScaleSetModel,
+    UpgradeInstance,
+)
+
+log = logging.getLogger("scaleset.platform")
+ROLLED_BACK_STATES = ("rolled_back", "rollback_failed")
+# A platform run that stopped at the gate before its first batch (the set was too unhealthy to start)
+# touched nothing and says nothing against the version: it is tried again, but not before this long.
+GATE_RETRY = timedelta(minutes=15)
+
+
+class PlatformUpgrades:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        catalog: ImageCatalog,
+        wake_engine: Callable[[], None],
+        sweep_every: float = 60.0,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._catalog = catalog
+        self._wake = wake_engine
+        self._sweep_every = timedelta(seconds=sweep_every)
+        self._last_sweep: datetime | None = None
+
+    # ---------------------------------------------------------------------------------- listeners
+    def on_image_published(self, image: Image) -> list[str]:
+        """A new version is out: every opted-in set on its publisher/offer/sku starts its run now."""
+        with self._db.read() as session:
+            candidates = [
+                s.id
+                for s in session.scalars(select(ScaleSet).where(ScaleSet.location == image.location))
+                if _same_image(s, image)
+            ]
+        return self._consider_all(candidates)
+
+    def on_run_finished(self, run_id: str) -> None:
+        """A run ended: remember a rolled-back image, then see whether the set has an upgrade waiting."""
+        try:
+            with self._db.write() as session:
+                run = session.get(RollingUpgrade, run_id)
+                if run is None:
+                    return
+                set_id = run.set_id
+                record_outcome(session, run, self._clock.now())
+            self._consider(set_id)
+        except Exception:  # the engine's other listeners still run; the next sweep retries this
+            log.exception("automatic OS upgrade: the end of run %s could not be handled", run_id)
+
+    def reconcile(self) -> bool:
+        """An engine reconciler: sweep at start and then every `sweep_every` (never keeps the loop busy)."""
+        now = self._clock.now()
+        if self._last_sweep is not None and now - self._last_sweep < self._sweep_every:
+            return False
+        self._last_sweep = now
+        try:
+            self.sweep()
+        except Exception:  # the engine pass goes on; the next sweep tries again
+            log.exception("automatic OS upgrade: sweep failed")
+        return False
+
+    def sweep(self) -> list[str]:
+        """Record the outcome of every ended run that was missed, then start what is due; returns the ids
+        of the runs started."""
+        now = self._clock.now()
+        with self._db.write() as session:
+            for run in _unrecorded_rollbacks(session):
+                record_outcome(session, run, now)
+        with self._db.read() as session:
+            opted_in = [
+                s.id
+                for s in session.scalars(select(ScaleSet).order_by(ScaleSet.id))
+                if AutoOsSettings.of(s.document["properties"]["upgradePolicy"]).enabled
+            ]
+        started = self._consider_all(opted_in)
+        log.info("platform sweep: %d opted-in set(s), %d upgrade(s) started", len(opted_in), len(started))
+        return started
+
+    # ----------------------------------------------------------------------------------- operators
+    def list_blocked(self, subscription: str, group: str, name: str) -> list[BlockedImageVersion]:
+        with self._db.read() as session:
+            scale_set = _require_set(session, subscription, group, name)
+            return list(
+                session.scalars(
+                    select(BlockedImageVersion)
+                    .where(BlockedImageVersion.set_uid == scale_set.uid)
+                    .order_by(BlockedImageVersion.blocked_at, BlockedImageVersion.id)
+                )
+            )
+
+    def clear_blocked(
+        self, subscription: str, group: str, name: str, versions: Sequence[str] | None = None
+    ) -> list[BlockedImageVersion]:
+        """Lift the blocks (all, or those of `versions`); the set may be offered those versions again at
+        once. Returns the blocks lifted."""
+        wanted = _parse_versions(versions)
+        now = self._clock.now()
+        with self._db.write() as session:
+            scale_set = _require_set(session, subscription, group, name)
+            set_id = scale_set.id
+            cleared = [
+                row
+                for row in session.scalars(
+                    select(BlockedImageVersion).where(
+                        BlockedImageVersion.set_uid == scale_set.uid, BlockedImageVersion.cleared_at.is_(None)
+                    )
+                )
+                if wanted is None or ImageVersion.parse(row.image_version) in wanted
+            ]
+            for row in cleared:
+                row.cleared_at = now
+        if cleared:
+            log.info("set %s: blocked image versions cleared: %s", name, [r.image_version for r in cleared])
+            self._consider(set_id)
+        return cleared
+
+    def approve(self, subscription: str, group: str, name: str) -> Operation:
+        """POST approveRollingUpgrade: start the upgrade `osRollingUpgradeDeferral` holds back."""
+        with self._db.read() as session:
+            set_id = _require_set(session, subscription, group, name).id
+        run, decision = self._consider(set_id, approved=True)
+        if run is None:
+            raise operation_not_allowed(
+                f"There is no automatic OS upgrade to approve on '{name}': {decision.reason}."
+            )
+        with self._db.read() as session:
+            operation = session.get(Operation, run.operation_id)
+            assert operation is not None
+            return operation
+
+    # -------------------------------------------------------------------------------------- deciding
+    def _consider_all(self, set_ids: Sequence[int]) -> list[str]:
+        started = []
+        for set_id in set_ids:
+            try:
+                run, _ = self._consider(set_id)
+            except Exception:  # one set's trouble must not keep the others from their upgrade
+                log.exception("automatic OS upgrade of set %s: could not start", set_id)
+                continue
+            if run is not None:
+                started.append(run.id)
+        return started
+
+    def _consider(
+        self, set_id: int, approved: bool = False
+    ) -> tuple[RollingUpgrade | None, PlatformDecision]:
+        """Decide for one set and, when an upgrade is due, write its model version and run together."""
+        with self._db.read() as session:
+            scale_set = session.get(ScaleSet, set_id)
+            if scale_set is None:
+                return None, PlatformDecision("none", None, "the set is gone")
+            published = self._published(scale_set)
+        now = self._clock.now()
+        with self._db.write() as session:
+            scale_set = session.get(ScaleSet, set_id)
+            if scale_set is None:
+                return None, PlatformDecision("none", None, "the set is gone")
+            decision = plan_platform_upgrade(_facts(session, scale_set, published, approved, now))
+            if decision.action == "none":
+                return None, decision
+            assert decision.target is not None
+            if decision.action == "new_model":
+                new_model_version(session, scale_set, decision.target, now)
+            policy, rollback = platform_run_policy(scale_set.document["properties"]["upgradePolicy"])
+            run = begin_run(
+                session,
+                scale_set,
+                kind="os",
+                started_by=PLATFORM,
+                rollback_on_breach=rollback,
+                now=now,
+                policy=policy,
+            )
+            name = scale_set.name
+        log.info(
+            "automatic OS upgrade of set %s to %s started (run %s): %s",
+            name,
+            decision.target,
+            run.id,
+            decision.reason,
+        )
+        self._wake()
+        return run, decision
+
+    def _published(self, scale_set: ScaleSet) -> tuple[tuple[str, bool], ...]:
+        request = image_request(scale_set.document)
+        images = self._catalog.list_versions(
+            scale_set.location, request.publisher, request.offer, request.sku
+        )
+        return tuple(
+            (image.version, parse_image_manifest(image.manifest).automatic_os_upgrade_supported)
+            for image in images
+        )
+
+
+# ------------------------------------------------------------------------------------------- facts
+def _facts(
+    session: Session,
+    scale_set: ScaleSet,
+    published: tuple[tuple[str, bool], ...],
+    approved: bool,
+    now: datetime,
+) -> SetFacts:
+    properties = scale_set.document["properties"]
+    settings = AutoOsSettings.of(properties["upgradePolicy"])
+    instances = session.scalars(
+        select(Instance.image_version).where(
+            Instance.set_id == scale_set.id,
+            Instance.provisioning_state != "deleting",
+            Instance.protect_from_scale_set_actions.is_(False),
+        )
+    )
+    platform_runs = session.scalars(
+        select(RollingUpgrade).where(
+            RollingUpgrade.set_id == scale_set.id, RollingUpgrade.started_by == PLATFORM
+        )
+    )
+    attempted = {run.target_image_version for run in platform_runs if _counts_as_tried(session, run, now)}
+    return SetFacts(
+        enabled=settings.enabled,
+        follows_latest=follows_latest(
+            properties["virtualMachineProfile"]["storageProfile"]["imageReference"]
+        ),
+        deleting=scale_set.provisioning_state == "Deleting",
+        running=active_run(session, scale_set.id) is not None,
+        deferred=settings.deferral and not approved,
+        model_version=scale_set.exact_image_version,
+        instance_versions=tuple(instances),
+        published=published,
+        blocked=blocked_image_versions(session, scale_set),
+        attempted=frozenset(attempted),
+    )
+
+
+def _counts_as_tried(session: Session, run: RollingUpgrade, now: datetime) -> bool:
+    """A platform run that reached instances, or was cancelled, is the one try a version gets on a set.
+    One stopped at the gate before touching anything counts only for `GATE_RETRY` after it ended."""
+    if run.status in ACTIVE_STATUSES or run.status == CANCELLED or run.end_time is None:
+        return True
+    touched = session.scalar(
+        select(UpgradeInstance.instance_row_id).where(UpgradeInstance.upgrade_id == run.id)
+    )
+    ended = run.end_time if run.end_time.tzinfo else run.end_time.replace(tzinfo=UTC)
+    return touched is not None or now - ended < GATE_RETRY
+
+
+def _same_image(scale_set: ScaleSet, image: Image) -> bool:
+    request = image_request(scale_set.document)
+    return (request.publisher.lower(), request.offer.lower(), request.sku.lower()) == (
+        image.publisher_key,
+        image.offer_key,
+        image.sku_key,
+    )
+
+
+def _parse_versions(versions: Sequence[str] | None) -> set[ImageVersion] | None:
+    if versions is None:
+        return None
+    parsed = set()
+    for index, version in enumerate(versions):
+        try:
+            parsed.add(ImageVersion.parse(str(version)))
+        except ValueError as error:
+            raise invalid(f"versions[{index}]", str(error)) from None
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------- outcomes
+def _unrecorded_rollbacks(session: Session) -> list[RollingUpgrade]:
+    """Ended runs that rolled instances back and left no block: the listener did not get to them."""
+    rolled_back = exists().where(
+        and_(UpgradeInstance.upgrade_id == RollingUpgrade.id, UpgradeInstance.state.in_(ROLLED_BACK_STATES))
+    )
+    recorded = exists().where(BlockedImageVersion.run_id == RollingUpgrade.id)
+    return list(
+        session.scalars(
+            select(RollingUpgrade).where(
+                RollingUpgrade.status.not_in(ACTIVE_STATUSES), rolled_back, ~recorded
+            )
+        )
+    )
+
+
+def record_outcome(session: Session, run: RollingUpgrade, now: datetime) -> BlockedImageVersion | None:
+    """Block the image an ended run had to roll back, once per run.
+
+    A platform run's set also goes back to the image its instances were rolled back to, so instances the
+    set makes from now on (scale-out, repairs) do not start on the image that just failed.
+    """
+    if run.status in ACTIVE_STATUSES:
+        return None
+    if session.scalar(select(BlockedImageVersion.id).where(BlockedImageVersion.run_id == run.id)) is not None:
+        return None
+    members = [
+        MemberOutcome(row.state, row.before_image_version)
+        for row in session.scalars(select(UpgradeInstance).where(UpgradeInstance.upgrade_id == run.id))
+    ]
+    version = version_to_block(run.target_image_version, members)
+    scale_set = session.get(ScaleSet, run.set_id)
+    if version is None or scale_set is None:
+        return None
+    code = (run.error or {}).get("code") or "rolled back"
+    rolled = sum(1 for m in members if m.state in ROLLED_BACK_STATES)
+    block = BlockedImageVersion(
+        set_uid=scale_set.uid,
+        image_version=version,
+        run_id=run.id,
+        reason=f"{run.started_by} upgrade {run.id} rolled {rolled} instance(s) back: {code}",
+        blocked_at=now,
+        cleared_at=None,
+    )
+    session.add(block)
+    log.warning("set %s: image version %s blocked (%s)", scale_set.name, version, block.reason)
+    reference = scale_set.document["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]
+    if (
+        run.started_by == PLATFORM
+        and follows_latest(reference)
+        and scale_set.exact_image_version == run.target_image_version
+    ):
+        restore = version_to_restore(members, blocked_image_versions(session, scale_set) | {version})
+        if restore is not None:
+            new_model_version(session, scale_set, restore, now)
+            _record_unchanged_instances(session, scale_set, now)
+    return block
+
+
+def _record_unchanged_instances(session: Session, scale_set: ScaleSet, now: datetime) -> None:
+    """Instances that already run what the newest model says (image and all) are recorded as on it:
+    nothing needs doing to them, as for a batch member whose change action is 'none'."""
+    newest = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
+    assert newest is not None
+    models: dict[int, ScaleSetModel | None] = {}
+    for instance in session.scalars(
+        select(Instance).where(
+            Instance.set_id == scale_set.id, Instance.model_version != scale_set.model_version
+        )
+    ):
+        if instance.model_version not in models:
+            models[instance.model_version] = session.get(
+                ScaleSetModel, (scale_set.id, instance.model_version)
+            )
+        before = models[instance.model_version]
+        if before is None:
+            continue
+        action = change_action(before.model, newest.model, instance.image_version, newest.exact_image_version)
+        if action == "none":
+            instance.model_version, instance.updated_at = scale_set.model_version, now
