@@ -13,6 +13,7 @@ from scaleset.api.deps import container, json_body, require_access
 from scaleset.api.guest_views import extension_views, guest_status_of, vm_health_view
 from scaleset.api.lro import accepted, resource_response
 from scaleset.api.views import (
+    extension_resource_view,
     instance_view,
     network_interface_view,
     public_extension_properties,
@@ -382,30 +383,10 @@ def _vm_extension_views(
     status = guest_status_of(report)
     by_name = {e["name"]: e for e in extension_views(status)} if status else {}
     vm_id = vm_id_of(scale_set, c.scalesets.group_name_of(scale_set), instance)
-    views = []
-    for extension in (profile.get("extensionProfile") or {}).get("extensions") or []:
-        properties = public_extension_properties(extension["properties"])
-        seen = by_name.get(extension["name"])
-        code = seen["statuses"][0]["code"] if seen else "ProvisioningState/transitioning"
-        properties["provisioningState"] = (
-            "Succeeded"
-            if code == "ProvisioningState/succeeded"
-            else "Failed"
-            if code.startswith("ProvisioningState/failed")
-            else "Creating"
-        )
-        if expand and seen:
-            properties["instanceView"] = seen
-        views.append(
-            {
-                "id": f"{vm_id}/extensions/{extension['name']}",
-                "name": extension["name"],
-                "type": "Microsoft.Compute/virtualMachines/extensions",
-                "location": scale_set.location,
-                "properties": properties,
-            }
-        )
-    return views
+    return [
+        extension_resource_view(extension, by_name.get(extension["name"]), vm_id, scale_set.location, expand)
+        for extension in (profile.get("extensionProfile") or {}).get("extensions") or []
+    ]
 
 
 @router.get(VM + "/extensions")

@@ -16,13 +16,14 @@ from fastapi.responses import JSONResponse
 from scaleset.api.deps import container, json_body, require_access
 from scaleset.api.guest_views import extension_views, guest_status_of
 from scaleset.api.lro import accepted, resource_response
-from scaleset.api.views import instance_view, iso, public_extension_properties, public_model
+from scaleset.api.views import extension_resource_view, instance_view, iso, primary_nic_view, public_model
 from scaleset.api.vm_deps import vm_service
 from scaleset.bootstrap import Container
 from scaleset.catalog.manifest import parse_image_manifest
 from scaleset.domain.errors import ArmError
 from scaleset.domain.scaleset_spec import ImageRequest, merge_patch
 from scaleset.engine.executor import instance_key
+from scaleset.services.lookups import resource_not_found
 from scaleset.services.vms import VM_ACTIONS, VmState, vm_id_of
 
 router = APIRouter(dependencies=[Depends(require_access)])
@@ -32,7 +33,6 @@ NIC = (
     "/subscriptions/{subscription}/resourcegroups/{group}/providers/microsoft.network/networkinterfaces/{nic}"
 )
 VM_TYPE = "Microsoft.Compute/virtualMachines"
-EXTENSION_TYPE = "Microsoft.Compute/virtualMachines/extensions"
 NIC_SUFFIX = "-nic"
 
 
@@ -84,30 +84,12 @@ def _extension_views(c: Container, state: VmState, expand: bool) -> list[dict[st
         status = guest_status_of(c.provider.read_guest_report(instance_key(state.scale_set, state.instance)))
     seen = {e["name"].lower(): e for e in extension_views(status)} if status else {}
     vm_id = vm_id_of(state.vm.subscription, state.group_name, state.vm.name)
-    views = []
-    for extension in state.vm.extensions:
-        properties = public_extension_properties(extension["properties"])
-        reported = seen.get(str(extension["name"]).lower())
-        code = reported["statuses"][0]["code"] if reported else "ProvisioningState/transitioning"
-        properties["provisioningState"] = (
-            "Succeeded"
-            if code == "ProvisioningState/succeeded"
-            else "Failed"
-            if code.startswith("ProvisioningState/failed")
-            else "Creating"
+    return [
+        extension_resource_view(
+            extension, seen.get(str(extension["name"]).lower()), vm_id, state.vm.location, expand
         )
-        if expand and reported:
-            properties["instanceView"] = reported
-        views.append(
-            {
-                "id": f"{vm_id}/extensions/{extension['name']}",
-                "name": extension["name"],
-                "type": EXTENSION_TYPE,
-                "location": state.vm.location,
-                "properties": properties,
-            }
-        )
-    return views
+        for extension in state.vm.extensions
+    ]
 
 
 def vm_view(c: Container, state: VmState, expand: bool = False) -> dict[str, Any]:
@@ -227,12 +209,7 @@ def vm_action(
 
 @router.get(NIC)
 def get_vm_network_interface(request: Request, subscription: str, group: str, nic: str) -> dict[str, Any]:
-    not_found = ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource 'Microsoft.Network/networkInterfaces/{nic}' under resource group '{group}' "
-        "was not found.",
-    )
+    not_found = resource_not_found("Microsoft.Network/networkInterfaces", group, nic)
     if not nic.lower().endswith(NIC_SUFFIX):
         raise not_found
     try:
@@ -241,31 +218,13 @@ def get_vm_network_interface(request: Request, subscription: str, group: str, ni
         if error.status == 404 and error.code == "ResourceNotFound":
             raise not_found from None
         raise
-    vm_id = vm_id_of(state.vm.subscription, state.group_name, state.vm.name)
-    address = state.instance.address if state.instance else None
-    return {
-        "id": _nic_id(state),
-        "name": f"{state.vm.name}{NIC_SUFFIX}",
-        "type": "Microsoft.Network/networkInterfaces",
-        "location": state.vm.location,
-        "properties": {
-            "primary": True,
-            "provisioningState": "Succeeded",
-            "virtualMachine": {"id": vm_id},
-            "ipConfigurations": [
-                {
-                    "name": "ipconfig1",
-                    "id": f"{_nic_id(state)}/ipConfigurations/ipconfig1",
-                    "properties": {
-                        "privateIPAddress": address,
-                        "privateIPAddressVersion": "IPv4",
-                        "privateIPAllocationMethod": "Dynamic",
-                        "primary": True,
-                    },
-                }
-            ],
-        },
-    }
+    return primary_nic_view(
+        _nic_id(state),
+        f"{state.vm.name}{NIC_SUFFIX}",
+        state.vm.location,
+        vm_id_of(state.vm.subscription, state.group_name, state.vm.name),
+        state.instance.address if state.instance else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------- extensions

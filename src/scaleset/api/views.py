@@ -28,6 +28,7 @@ Json = dict[str, Any]
 
 SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VM_TYPE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
+EXTENSION_TYPE = "Microsoft.Compute/virtualMachines/extensions"
 # Written by clients, never shown again (Azure returns neither).
 _SECRET_OS_PROFILE_KEYS = ("adminPassword", "customData")
 _SECRET_EXTENSION_KEYS = ("protectedSettings", "protectedSettingsSealed")
@@ -243,11 +244,19 @@ def vm_view(
 
 def network_interface_view(scale_set: ScaleSet, group_name: str, instance: Instance) -> Json:
     vm_id = vm_id_of(scale_set, group_name, instance)
+    return primary_nic_view(
+        f"{vm_id}/networkInterfaces/nic0", "nic0", scale_set.location, vm_id, instance.address
+    )
+
+
+def primary_nic_view(nic_id: str, name: str, location: str, vm_id: str, address: str | None) -> Json:
+    """Azure's NetworkInterface for a VM's one NIC (a set's instance's, a standalone VM's): primary, with
+    one dynamic IPv4 configuration holding the instance's address."""
     return {
-        "name": "nic0",
-        "id": f"{vm_id}/networkInterfaces/nic0",
+        "name": name,
+        "id": nic_id,
         "type": "Microsoft.Network/networkInterfaces",
-        "location": scale_set.location,
+        "location": location,
         "properties": {
             "primary": True,
             "provisioningState": "Succeeded",
@@ -255,9 +264,9 @@ def network_interface_view(scale_set: ScaleSet, group_name: str, instance: Insta
             "ipConfigurations": [
                 {
                     "name": "ipconfig1",
-                    "id": f"{vm_id}/networkInterfaces/nic0/ipConfigurations/ipconfig1",
+                    "id": f"{nic_id}/ipConfigurations/ipconfig1",
                     "properties": {
-                        "privateIPAddress": instance.address,
+                        "privateIPAddress": address,
                         "privateIPAddressVersion": "IPv4",
                         "privateIPAllocationMethod": "Dynamic",
                         "primary": True,
@@ -265,6 +274,31 @@ def network_interface_view(scale_set: ScaleSet, group_name: str, instance: Insta
                 }
             ],
         },
+    }
+
+
+def extension_resource_view(
+    extension: Json, reported: Json | None, owner_id: str, location: str, expand: bool
+) -> Json:
+    """An extension of a VM (a set's instance or a standalone VM) as an ARM child resource of `owner_id`,
+    its provisioning state taken from the guest agent's report of it (`reported`, None before one)."""
+    properties = public_extension_properties(extension["properties"])
+    code = reported["statuses"][0]["code"] if reported else "ProvisioningState/transitioning"
+    properties["provisioningState"] = (
+        "Succeeded"
+        if code == "ProvisioningState/succeeded"
+        else "Failed"
+        if code.startswith("ProvisioningState/failed")
+        else "Creating"
+    )
+    if expand and reported:
+        properties["instanceView"] = reported
+    return {
+        "id": f"{owner_id}/extensions/{extension['name']}",
+        "name": extension["name"],
+        "type": EXTENSION_TYPE,
+        "location": location,
+        "properties": properties,
     }
 
 

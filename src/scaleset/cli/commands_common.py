@@ -15,6 +15,7 @@ from scaleset.cli.client import (
     ApiClient,
     CaCertError,
     ClientConfig,
+    CliError,
     resolve_token,
 )
 from scaleset.cli.output import Column, OutputFormat, render
@@ -77,6 +78,15 @@ def emit(ctx: typer.Context, data: Any, columns: Sequence[Column] | None = None)
 def usage_error(message: str, param_hint: str | None = None) -> typer.BadParameter:
     """A usage error (exit code 2) about one option."""
     return typer.BadParameter(message, param_hint=param_hint)
+
+
+def group_location(api: ApiClient, group: str) -> str:
+    """The resource group's location: where a resource created without --location goes."""
+    resource_group = api.get(api.group_path(group))
+    location = resource_group.get("location") if isinstance(resource_group, dict) else None
+    if not isinstance(location, str) or not location:
+        raise CliError("MissingLocation", f"resource group {group!r} has no location; pass --location")
+    return location
 
 
 def confirm_or_refuse(question: str, yes: bool) -> None:

@@ -14,13 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from scaleset.cli.client import ApiClient, CliError
+from scaleset.cli.client import ApiClient
 from scaleset.cli.commands_common import (
     GroupOption,
     NoWaitOption,
     client,
     confirm_or_refuse,
     emit,
+    group_location,
     usage_error,
 )
 from scaleset.cli.commands_image import vm_app
@@ -91,14 +92,6 @@ def json_argument(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def _group_location(api: ApiClient, group: str) -> str:
-    resource_group = api.get(api.group_path(group))
-    location = resource_group.get("location") if isinstance(resource_group, dict) else None
-    if not isinstance(location, str) or not location:
-        raise CliError("MissingLocation", f"resource group {group!r} has no location; pass --location")
-    return location
-
-
 def availability_set_id(api: ApiClient, group: str, name_or_id: str) -> str:
     """An availability set named by its name (in the VM's group) or by its full id."""
     if name_or_id.startswith("/"):
@@ -164,7 +157,7 @@ def create(
     }
     if availability_set is not None:
         properties["availabilitySet"] = {"id": availability_set_id(api, group, availability_set)}
-    body: dict[str, Any] = {"location": location or _group_location(api, group), "properties": properties}
+    body: dict[str, Any] = {"location": location or group_location(api, group), "properties": properties}
     if zone is not None:
         body["zones"] = [zone]
     emit(ctx, api.begin("PUT", vm_path(api, group, name), body, wait=not no_wait), VM_COLUMNS)
@@ -371,7 +364,7 @@ def create_availability_set(
     if fault_domains is not None:
         properties["platformFaultDomainCount"] = fault_domains
     body = {
-        "location": location or _group_location(api, group),
+        "location": location or group_location(api, group),
         "sku": {"name": "Aligned"},
         "properties": properties,
     }

@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import typer
 
 from scaleset.cli.client import ApiClient, CliError
-from scaleset.cli.commands_common import GroupOption, NoWaitOption, client, emit, state, usage_error
+from scaleset.cli.commands_common import (
+    GroupOption,
+    NoWaitOption,
+    client,
+    emit,
+    group_location,
+    state,
+    usage_error,
+)
 from scaleset.cli.output import Column, OutputFormat, col, field, render
 from scaleset.cli.paths import ImageUrn, PathError, apply_set, apply_sets, parse_instance_ids, parse_urn
 from scaleset.cli.progress import Watcher, conclude, display_for, start_or_refuse, watch_run
@@ -281,7 +289,7 @@ def create(
             raise usage_error(f"{', '.join(given)} cannot be combined with --template", "--template")
         body = load_template(template)
         if not body.get("location"):
-            body["location"] = location or _group_location(api, group)
+            body["location"] = location or group_location(api, group)
     else:
         if image is None:
             raise usage_error("give --image PUBLISHER:OFFER:SKU:VERSION or --template FILE", "--image")
@@ -290,7 +298,7 @@ def create(
         except ValueError as exc:
             raise usage_error(str(exc), "--image") from exc
         body = build_vmss_body(
-            location=location or _group_location(api, group),
+            location=location or group_location(api, group),
             image=urn,
             instance_count=DEFAULT_INSTANCE_COUNT if instance_count is None else instance_count,
             vm_sku=vm_sku or DEFAULT_VM_SKU,
@@ -302,14 +310,6 @@ def create(
             admin_username=admin_username or DEFAULT_ADMIN_USERNAME,
         )
     emit(ctx, api.begin("PUT", api.vmss_path(group, name), body, wait=not no_wait), VMSS_COLUMNS)
-
-
-def _group_location(api: ApiClient, group: str) -> str:
-    resource_group = api.get(api.group_path(group))
-    location = resource_group.get("location") if isinstance(resource_group, dict) else None
-    if not isinstance(location, str) or not location:
-        raise CliError("MissingLocation", f"resource group {group!r} has no location; pass --location")
-    return location
 
 
 @app.command("show")

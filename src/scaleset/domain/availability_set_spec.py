@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from scaleset.domain.errors import ArmError, invalid
-from scaleset.domain.regions import find_region
+from scaleset.domain.resource_location import validate_location
 from scaleset.domain.scaleset_spec import validate_resource_name
 
 Json = dict[str, Any]
@@ -60,20 +60,9 @@ def validate_availability_set(body: Any, name: str, current: Json | None) -> Jso
     validate_resource_name(name)
     if not isinstance(body, dict):
         raise invalid("body", "The request body must be a JSON object.")
-    location = body.get("location")
-    region = find_region(location) if isinstance(location, str) else None
-    if region is None:
-        raise ArmError(
-            400,
-            "LocationNotAvailableForResourceType",
-            f"The provided location '{location}' is not available for resource type "
-            "'Microsoft.Compute/availabilitySets'.",
-            "location",
-        )
-    if current is not None and current["location"] != region.name:
-        raise ArmError(
-            400, "PropertyChangeNotAllowed", "The location of an availability set cannot change.", "location"
-        )
+    region = validate_location(
+        body.get("location"), "Microsoft.Compute/availabilitySets", "an availability set", current
+    )
     properties = body.get("properties") or {}
     if not isinstance(properties, dict):
         raise invalid("properties", "'properties' must be a JSON object.")

@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from scaleset.domain.errors import ArmError, invalid
-from scaleset.domain.regions import Region, find_region
+from scaleset.domain.errors import invalid
+from scaleset.domain.regions import Region
+from scaleset.domain.resource_location import validate_location
 
 Json = dict[str, Any]
 
@@ -157,20 +158,7 @@ def _validate_location(raw: Any, current: Json | None) -> Region:
     if raw is None and current is not None:
         raw = current["location"]
     location = _string(raw, "location")
-    region = find_region(location)
-    if region is None:
-        raise ArmError(
-            400,
-            "LocationNotAvailableForResourceType",
-            f"The provided location '{location}' is not available for resource type "
-            "'Microsoft.Network/loadBalancers'.",
-            "location",
-        )
-    if current is not None and current["location"] != region.name:
-        raise ArmError(
-            400, "PropertyChangeNotAllowed", "The location of a load balancer cannot change.", "location"
-        )
-    return region
+    return validate_location(location, "Microsoft.Network/loadBalancers", "a load balancer", current)
 
 
 def _validate_tags(raw: Any) -> dict[str, str]:

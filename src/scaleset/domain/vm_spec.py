@@ -19,7 +19,7 @@ from typing import Any
 
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.extensions_spec import validate_extensions
-from scaleset.domain.regions import find_region
+from scaleset.domain.resource_location import validate_location
 from scaleset.domain.scaleset_spec import validate_resource_name
 
 Json = dict[str, Any]
@@ -53,18 +53,7 @@ def validate_vm(body: Any, name: str, current: Json | None) -> Json:
     """The stored document for a VM PUT body (`current`: the VM as stored, None on create)."""
     validate_resource_name(name)
     document = {k: copy.deepcopy(v) for k, v in _object(body, "body").items() if k not in _READ_ONLY_TOP}
-    location = document.get("location")
-    region = find_region(location) if isinstance(location, str) else None
-    if region is None:
-        raise ArmError(
-            400,
-            "LocationNotAvailableForResourceType",
-            f"The provided location '{location}' is not available for resource type "
-            "'Microsoft.Compute/virtualMachines'.",
-            "location",
-        )
-    if current is not None and current["location"] != region.name:
-        raise ArmError(400, "PropertyChangeNotAllowed", "The location of a VM cannot change.", "location")
+    region = validate_location(document.get("location"), "Microsoft.Compute/virtualMachines", "a VM", current)
     result: Json = {"location": region.name}
     if document.get("tags") is not None:
         tags = _object(document["tags"], "tags")

@@ -15,8 +15,19 @@ from sqlalchemy.orm import Session
 from scaleset.domain.availability_set_spec import validate_availability_set
 from scaleset.domain.errors import ArmError, operation_not_allowed
 from scaleset.engine.clock import Clock
+from scaleset.services.lookups import (
+    add_to_group,
+    find_in_group,
+    require_group,
+    require_in_group,
+    require_writable_group,
+    resource_not_found,
+    stored_document,
+)
 from scaleset.store.db import Database
 from scaleset.store.tables import AvailabilitySet, ResourceGroup, VirtualMachine
+
+AVAILABILITY_SET_TYPE = "Microsoft.Compute/availabilitySets"
 
 
 def availability_set_id_of(subscription: str, group: str, name: str) -> str:
@@ -26,32 +37,12 @@ def availability_set_id_of(subscription: str, group: str, name: str) -> str:
     )
 
 
-def require_group(session: Session, subscription: str, name: str) -> ResourceGroup:
-    group = session.scalars(
-        select(ResourceGroup).where(
-            ResourceGroup.subscription == subscription, ResourceGroup.name_key == name.lower()
-        )
-    ).first()
-    if group is None:
-        raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
-    return group
-
-
 def find_availability_set(session: Session, group: ResourceGroup, name: str) -> AvailabilitySet | None:
-    return session.scalars(
-        select(AvailabilitySet).where(
-            AvailabilitySet.group_id == group.id, AvailabilitySet.name_key == name.lower()
-        )
-    ).first()
+    return find_in_group(session, AvailabilitySet, group, name)
 
 
 def availability_set_not_found(group: str, name: str) -> ArmError:
-    return ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource 'Microsoft.Compute/availabilitySets/{name}' under resource group '{group}' "
-        "was not found.",
-    )
+    return resource_not_found(AVAILABILITY_SET_TYPE, group, name)
 
 
 class AvailabilitySetService:
@@ -62,15 +53,11 @@ class AvailabilitySetService:
     def put(self, subscription: str, group_name: str, name: str, body: Any) -> tuple[AvailabilitySet, bool]:
         """Create or update; True when it was created."""
         with self._db.read() as session:
-            group = require_group(session, subscription, group_name)
-            existing = find_availability_set(session, group, name)
-            current = existing.document if existing else None
+            current = stored_document(session, AvailabilitySet, subscription, group_name, name)
         document = validate_availability_set(body, name, current)
         now = self._clock.now()
         with self._db.write() as session:
-            group = require_group(session, subscription, group_name)
-            if group.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The resource group '{group.name}' is being deleted.")
+            group = require_writable_group(session, subscription, group_name)
             row = find_availability_set(session, group, name)
             if (row.document if row else None) != current:
                 raise ArmError(
@@ -80,29 +67,16 @@ class AvailabilitySetService:
                     "again.",
                 )
             if row is None:
-                row = AvailabilitySet(
-                    subscription=subscription,
-                    group_id=group.id,
-                    name=name,
-                    name_key=name.lower(),
-                    location=document["location"],
-                    document=document,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(row)
-                return row, True
+                return add_to_group(session, AvailabilitySet, group, name, document, now), True
             row.document = document
             row.updated_at = now
             return row, False
 
     def get(self, subscription: str, group_name: str, name: str) -> AvailabilitySet:
         with self._db.read() as session:
-            group = require_group(session, subscription, group_name)
-            row = find_availability_set(session, group, name)
-            if row is None:
-                raise availability_set_not_found(group.name, name)
-            return row
+            return require_in_group(
+                session, AvailabilitySet, AVAILABILITY_SET_TYPE, subscription, group_name, name
+            )
 
     def list_sets(self, subscription: str, group_name: str | None = None) -> list[AvailabilitySet]:
         with self._db.read() as session:

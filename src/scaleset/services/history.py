@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from scaleset.domain.errors import invalid
 from scaleset.engine.clock import Clock
-from scaleset.services.scalesets import _require_set
+from scaleset.services.lookups import require_set
 from scaleset.services.upgrades import RunStatus, run_status
 from scaleset.store.db import Database
 from scaleset.store.tables import RollingUpgrade, ScaleSet, ScaleSetModel, Task, UpgradeInstance
@@ -200,7 +200,7 @@ class HistoryService:
         """The attempts `limits` selects as of `as_of` (default: now), newest first, from `offset` on."""
         moment = as_of or self._clock.now()
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             candidates = _candidate_runs(session, scale_set, window_start(moment, limits.since), moment)
             images = _ModelImages(session, scale_set.id)
             attempts = select_attempts(candidates, images.is_attempt, limits.count)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scaleset.domain.errors import ArmError, operation_not_allowed
+from scaleset.domain.errors import ArmError
 from scaleset.domain.loadbalancer_spec import (
     effective_number_of_probes,
     find_probe,
@@ -28,6 +28,15 @@ from scaleset.domain.loadbalancer_spec import (
 )
 from scaleset.engine.clock import Clock
 from scaleset.providers.base import HealthProbe
+from scaleset.services.lookups import (
+    add_to_group,
+    find_group,
+    find_in_group,
+    require_group,
+    require_in_group,
+    require_writable_group,
+    stored_document,
+)
 from scaleset.store.db import Database
 from scaleset.store.tables import LoadBalancer, ResourceGroup, ScaleSet
 
@@ -80,29 +89,14 @@ class LoadBalancerService:
     def put(self, subscription: str, group_name: str, name: str, body: Any) -> tuple[LoadBalancer, bool]:
         """Create or replace a load balancer; True when it was created."""
         with self._db.read() as session:
-            group = _require_group(session, subscription, group_name)
-            existing = _find(session, group, name)
-            current = existing.document if existing else None
+            current = stored_document(session, LoadBalancer, subscription, group_name, name)
         document = validate_load_balancer(body, name, current)
         now = self._clock.now()
         with self._db.write() as session:
-            group = _require_group(session, subscription, group_name)
-            if group.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The resource group '{group.name}' is being deleted.")
+            group = require_writable_group(session, subscription, group_name)
             row = _find(session, group, name)
             if row is None:
-                row = LoadBalancer(
-                    subscription=subscription,
-                    group_id=group.id,
-                    name=name,
-                    name_key=name.lower(),
-                    location=document["location"],
-                    document=document,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(row)
-                return row, True
+                return add_to_group(session, LoadBalancer, group, name, document, now), True
             # Judged against the row as it is inside the write: it (or a set using one of its probes) may
             # have changed since the read.
             document = validate_load_balancer(body, name, row.document)
@@ -117,7 +111,7 @@ class LoadBalancerService:
 
     def list(self, subscription: str, group_name: str) -> list[LoadBalancer]:
         with self._db.read() as session:
-            group = _require_group(session, subscription, group_name)
+            group = require_group(session, subscription, group_name)
             return list(
                 session.scalars(
                     select(LoadBalancer).where(LoadBalancer.group_id == group.id).order_by(LoadBalancer.id)
@@ -127,7 +121,7 @@ class LoadBalancerService:
     def delete(self, subscription: str, group_name: str, name: str) -> bool:
         """Delete a load balancer; False when there was none (ARM answers 204 then)."""
         with self._db.write() as session:
-            group = _require_group(session, subscription, group_name)
+            group = require_group(session, subscription, group_name)
             row = _find(session, group, name)
             if row is None:
                 return False
@@ -149,7 +143,7 @@ class LoadBalancerService:
         if ref is None:
             return None
         with self._db.read() as session:
-            group = _find_group(session, ref.subscription, ref.group)
+            group = find_group(session, ref.subscription, ref.group)
             row = _find(session, group, ref.load_balancer) if group is not None else None
         probe = find_probe(row.document, ref.probe) if row is not None else None
         return probe_settings_of(probe["properties"]) if probe is not None else None
@@ -159,40 +153,14 @@ class LoadBalancerService:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-# The group lookups repeat the scale-set service's few lines rather than import them: that service will
-# ask this one whether a probe exists, and the two modules must not import each other.
-def _find_group(session: Session, subscription: str, name: str) -> ResourceGroup | None:
-    return session.scalars(
-        select(ResourceGroup).where(
-            ResourceGroup.subscription == subscription, ResourceGroup.name_key == name.lower()
-        )
-    ).first()
-
-
-def _require_group(session: Session, subscription: str, name: str) -> ResourceGroup:
-    group = _find_group(session, subscription, name)
-    if group is None:
-        raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
-    return group
-
-
 def _find(session: Session, group: ResourceGroup, name: str) -> LoadBalancer | None:
-    return session.scalars(
-        select(LoadBalancer).where(LoadBalancer.group_id == group.id, LoadBalancer.name_key == name.lower())
-    ).first()
+    return find_in_group(session, LoadBalancer, group, name)
 
 
 def _require(session: Session, subscription: str, group_name: str, name: str) -> LoadBalancer:
-    group = _require_group(session, subscription, group_name)
-    row = _find(session, group, name)
-    if row is None:
-        raise ArmError(
-            404,
-            "ResourceNotFound",
-            f"The Resource 'Microsoft.Network/loadBalancers/{name}' under resource group "
-            f"'{group.name}' was not found.",
-        )
-    return row
+    return require_in_group(
+        session, LoadBalancer, "Microsoft.Network/loadBalancers", subscription, group_name, name
+    )
 
 
 def _refuse_if_used(

@@ -26,8 +26,8 @@ from scaleset.engine.candidates import candidates_of
 from scaleset.engine.health import HealthReader
 from scaleset.engine.rolling import facts_of, health_wait, run_policy
 from scaleset.services.loadbalancers import ProbeSettings
+from scaleset.services.lookups import live_instances, require_set
 from scaleset.services.runs import active_run, effective_policy
-from scaleset.services.scalesets import _require_set
 from scaleset.store.db import Database
 from scaleset.store.tables import Instance, RollingUpgrade, ScaleSet, ScaleSetModel, UpgradeInstance
 
@@ -93,7 +93,7 @@ class PlanService:
         if kind not in UPGRADE_KINDS:
             raise invalid("upgrade", f"'upgrade' is '{kind}'; it must be one of {', '.join(UPGRADE_KINDS)}.")
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             run = active_run(session, scale_set.id)
             if run is not None:
                 return self._preview_run(session, scale_set, run, overrides or {})
@@ -121,7 +121,7 @@ class PlanService:
         self, session: Session, scale_set: ScaleSet, run: RollingUpgrade, overrides: Json
     ) -> PlanPreview:
         members = list(session.scalars(select(UpgradeInstance).where(UpgradeInstance.upgrade_id == run.id)))
-        live = {i.id for i in self._live(session, scale_set)}
+        live = {i.id for i in live_instances(session, scale_set)}
         surge_rows = {m.surge_row_id for m in members if m.surge_row_id is not None}
         # As the engine counts them (engine/rolling.py `_observe`): a replacement counts towards the set
         # only once the instance it replaces is gone.
@@ -178,7 +178,7 @@ class PlanService:
             return self._health.is_healthy(model(instance.model_version), facts_of(scale_set, instance))
 
         view = candidates_of(
-            self._live(session, scale_set), healthy, target, taken=taken, uncounted=uncounted
+            live_instances(session, scale_set), healthy, target, taken=taken, uncounted=uncounted
         )
         # A target not written yet (a start would write it) copies the current model.
         target_model = model(min(target, scale_set.model_version))
@@ -202,13 +202,3 @@ class PlanService:
         # The engine's rule (engine/rolling.py `_surge_fits`): the set's tag, else the server's setting.
         tag = (scale_set.document.get("tags") or {}).get("scaleset:instanceQuota")
         return int(tag or self._instance_quota)
-
-    @staticmethod
-    def _live(session: Session, scale_set: ScaleSet) -> list[Instance]:
-        return list(
-            session.scalars(
-                select(Instance)
-                .where(Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting")
-                .order_by(Instance.instance_id)
-            )
-        )

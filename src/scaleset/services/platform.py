@@ -44,8 +44,8 @@ from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED
 from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
+from scaleset.services.lookups import require_set
 from scaleset.services.runs import active_run, begin_run, blocked_image_versions, new_model_version
-from scaleset.services.scalesets import _require_set
 from scaleset.store.db import Database
 from scaleset.store.tables import (
     BlockedImageVersion,
@@ -137,7 +137,7 @@ class PlatformUpgrades:
     # ----------------------------------------------------------------------------------- operators
     def list_blocked(self, subscription: str, group: str, name: str) -> list[BlockedImageVersion]:
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             return list(
                 session.scalars(
                     select(BlockedImageVersion)
@@ -154,7 +154,7 @@ class PlatformUpgrades:
         wanted = _parse_versions(versions)
         now = self._clock.now()
         with self._db.write() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             set_id = scale_set.id
             cleared = [
                 row
@@ -175,7 +175,7 @@ class PlatformUpgrades:
     def approve(self, subscription: str, group: str, name: str) -> Operation:
         """POST approveRollingUpgrade: start the upgrade `osRollingUpgradeDeferral` holds back."""
         with self._db.read() as session:
-            set_id = _require_set(session, subscription, group, name).id
+            set_id = require_set(session, subscription, group, name).id
         run, decision = self._consider(set_id, approved=True)
         if run is None:
             raise operation_not_allowed(
@@ -378,11 +378,11 @@ def record_outcome(session: Session, run: RollingUpgrade, now: datetime) -> Bloc
         restore = version_to_restore(members, blocked_image_versions(session, scale_set) | {version})
         if restore is not None:
             new_model_version(session, scale_set, restore, now)
-            _record_unchanged_instances(session, scale_set, now)
+            _record_unchanged_instances(session, scale_set)
     return block
 
 
-def _record_unchanged_instances(session: Session, scale_set: ScaleSet, now: datetime) -> None:
+def _record_unchanged_instances(session: Session, scale_set: ScaleSet) -> None:
     """Instances that already run what the newest model says (image and all) are recorded as on it:
     nothing needs doing to them, as for a batch member whose change action is 'none'."""
     newest = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
@@ -402,4 +402,6 @@ def _record_unchanged_instances(session: Session, scale_set: ScaleSet, now: date
             continue
         action = change_action(before.model, newest.model, instance.image_version, newest.exact_image_version)
         if action == "none":
-            instance.model_version, instance.updated_at = scale_set.model_version, now
+            # Only the model number moves: `updated_at` dates the instance's last provisioning, and nothing
+            # was provisioned here.
+            instance.model_version = scale_set.model_version

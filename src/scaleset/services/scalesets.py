@@ -23,29 +23,36 @@ from scaleset.catalog.service import ImageCatalog, image_not_found
 from scaleset.domain.auto_upgrade import AutoOsSettings
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
 from scaleset.domain.extensions_spec import extension_named
-from scaleset.domain.model_change import change_action
 from scaleset.domain.placement import Placement, place_instances
 from scaleset.domain.regions import find_region
 from scaleset.domain.scaleset_spec import (
     ImageRequest,
     image_request,
     merge_patch,
-    model_of,
-    models_differ,
     validate_resource_name,
     validate_scale_set,
 )
 from scaleset.engine.clock import Clock
 from scaleset.services.addresses import allocate_addresses
+from scaleset.services.extension_settings import prepare_extensions
+
+# The lookups keep their old private names here, where this module's code calls them so.
+from scaleset.services.lookups import all_instances as _all_instances
+from scaleset.services.lookups import find_group as _find_group
+from scaleset.services.lookups import find_set as _find_set
+from scaleset.services.lookups import live_instances as _live_instances
+from scaleset.services.lookups import require_group as _require_group
+from scaleset.services.lookups import require_set as _require_set
+from scaleset.services.lookups import require_writable_group, stored_document
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
 from scaleset.services.runs import (
     active_run,
-    begin_run,
     blocked_image_versions,
-    effective_policy,
     stop_runs_of_deleted_set,
 )
 from scaleset.services.secrets import SecretBox
+from scaleset.services.set_rows import add_model_version, add_scale_set, model_changed, move_to_model
+from scaleset.services.user_runs import begin_user_run
 from scaleset.store.db import Database
 from scaleset.store.tables import Image, Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel
 
@@ -176,9 +183,7 @@ class ScaleSetService:
     # ------------------------------------------------------------------------------------ scale sets
     def put_set(self, subscription: str, group_name: str, name: str, body: Any) -> Change:
         with self._db.read() as session:
-            group = _require_group(session, subscription, group_name)
-            existing = _find_set(session, group, name)
-            current = existing.document if existing else None
+            current = stored_document(session, ScaleSet, subscription, group_name, name)
         document = validate_scale_set(body, name, current)
         self._prepare_extensions(document, current)
         return self._write_set(subscription, group_name, name, document, expected_exists=current is not None)
@@ -192,44 +197,8 @@ class ScaleSetService:
         return self._write_set(subscription, group_name, name, document, expected_exists=True)
 
     def _prepare_extensions(self, document: Json, current: Json | None) -> None:
-        """Check every extension resolves in the catalog and seal its protected settings (in place).
-
-        A PUT that omits an extension's protectedSettings keeps the ones stored: `az vmss extension set`
-        and `az vmss update` GET the set (which never shows them) and PUT it back.
-        """
-        profile = document["properties"]["virtualMachineProfile"]
-        extensions = (profile.get("extensionProfile") or {}).get("extensions") or []
-        before = (
-            (current or {}).get("properties", {}).get("virtualMachineProfile", {}).get("extensionProfile")
-            or {}
-        ).get("extensions") or []
-        for index, extension in enumerate(extensions):
-            properties = extension["properties"]
-            target = f"properties.virtualMachineProfile.extensionProfile.extensions[{index}].properties"
-            auto_minor = properties.get("autoUpgradeMinorVersion", True) is not False
-            if (
-                self._extensions.resolve(
-                    properties["publisher"], properties["type"], properties["typeHandlerVersion"], auto_minor
-                )
-                is None
-            ):
-                raise invalid(
-                    f"{target}.typeHandlerVersion",
-                    f"Extension {properties['publisher']}.{properties['type']} version "
-                    f"{properties['typeHandlerVersion']} is not in the extension catalog.",
-                )
-            if properties.get("protectedSettings") is not None:
-                properties["protectedSettingsSealed"] = self._secrets.seal(
-                    properties.pop("protectedSettings")
-                )
-                continue
-            old = extension_named(before, str(extension["name"]))
-            if (
-                old is not None
-                and _same_handler(old, extension)
-                and "protectedSettingsSealed" in old["properties"]
-            ):
-                properties["protectedSettingsSealed"] = old["properties"]["protectedSettingsSealed"]
+        """Check every extension resolves in the catalog and seal its protected settings (in place)."""
+        prepare_extensions(document, current, self._extensions, self._secrets)
 
     # ---------------------------------------------------------------------------- scale-set extensions
     def put_extension(
@@ -312,9 +281,7 @@ class ScaleSetService:
             _check_automatic_os_upgrade_supported(document, image)
         now = self._clock.now()
         with self._db.write() as session:
-            group = _require_group(session, subscription, group_name)
-            if group.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The resource group '{group.name}' is being deleted.")
+            group = require_writable_group(session, subscription, group_name)
             scale_set = _find_set(session, group, name)
             if (scale_set is not None) != expected_exists:
                 raise ArmError(
@@ -331,59 +298,28 @@ class ScaleSetService:
                 now=now,
             )
             created = scale_set is None
-            model_changed = False
+            new_model = False
             if scale_set is None:
-                scale_set = ScaleSet(
+                scale_set = add_scale_set(
+                    session,
+                    group,
                     uid=str(uuid.uuid4()),
-                    subscription=subscription,
-                    group_id=group.id,
                     name=name,
-                    name_key=name.lower(),
-                    location=location,
                     document=document,
-                    model_version=1,
-                    exact_image_version=image.version,
-                    provisioning_state="Creating",
-                    next_instance_id=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(scale_set)
-                session.flush()
-                session.add(
-                    ScaleSetModel(
-                        set_id=scale_set.id,
-                        version=1,
-                        model=model_of(document),
-                        exact_image_version=image.version,
-                        created_at=now,
-                    )
+                    image_version=image.version,
+                    now=now,
                 )
             else:
                 if scale_set.provisioning_state == "Deleting":
                     raise operation_not_allowed(f"The scale set '{name}' is being deleted.")
-                if (
-                    models_differ(scale_set.document, document)
-                    or scale_set.exact_image_version != image.version
-                ):
-                    # A new model version: instances keep the one they run until it is applied to them.
-                    model_changed = True
-                    scale_set.model_version += 1
-                    scale_set.exact_image_version = image.version
-                    session.add(
-                        ScaleSetModel(
-                            set_id=scale_set.id,
-                            version=scale_set.model_version,
-                            model=model_of(document),
-                            exact_image_version=image.version,
-                            created_at=now,
-                        )
-                    )
+                if model_changed(scale_set, document, image.version):
+                    new_model = True
+                    add_model_version(session, scale_set, document, image.version, now)
                 scale_set.document = document
                 scale_set.provisioning_state = "Updating"
                 scale_set.updated_at = now
             operation.payload = {"set_id": scale_set.id}
-            if not created and model_changed:
+            if not created and new_model:
                 self._roll_out_model(session, operation, scale_set, now)
             self._scale_to(session, operation, scale_set, int(document["sku"]["capacity"]))
             complete_if_done(session, operation.id, now)
@@ -403,15 +339,7 @@ class ScaleSetService:
             ]
             self._apply_model(session, operation, scale_set, stale)
         elif mode == "Rolling" and active_run(session, scale_set.id) is None:
-            policy = effective_policy(scale_set.document)
-            begin_run(
-                session,
-                scale_set,
-                kind="model",
-                started_by="User",
-                rollback_on_breach=bool(policy.get("rollbackFailedInstancesOnPolicyBreach")),
-                now=now,
-            )
+            begin_user_run(session, scale_set, "model", now)
         # A model change while a run is going on is picked up when that run ends (`follow_up`).
 
     def _scale_to(self, session: Session, operation: Operation, scale_set: ScaleSet, capacity: int) -> None:
@@ -571,19 +499,17 @@ class ScaleSetService:
             if instance.model_version not in models:
                 row = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
                 models[instance.model_version] = row.model if row else {}
-            action = change_action(
+            instance.updated_at = now
+            move_to_model(
+                session,
+                operation,
+                instance,
                 models[instance.model_version],
                 target.model,
-                instance.image_version,
+                scale_set.model_version,
                 target.exact_image_version,
+                now,
             )
-            instance.model_version = scale_set.model_version
-            instance.image_version = target.exact_image_version
-            instance.updated_at = now
-            if action == "reimage":
-                instance.os_disk_generation += 1
-            if action != "none":
-                add_task(session, operation, instance, action, now)
 
     def vm_action(
         self, subscription: str, group_name: str, name: str, instance_id: str, action: str, body: Any = None
@@ -732,68 +658,6 @@ def _check_automatic_os_upgrade_supported(document: Json, image: Image) -> None:
             f"Automatic OS image upgrade is not supported by the image {image.publisher}:{image.offer}:"
             f"{image.sku}:{image.version}: its manifest does not set automaticOSUpgradeSupported.",
         )
-
-
-def _same_handler(a: Json, b: Json) -> bool:
-    return all(
-        str(a["properties"].get(key, "")).lower() == str(b["properties"].get(key, "")).lower()
-        for key in ("publisher", "type")
-    )
-
-
-def _find_group(session: Session, subscription: str, name: str) -> ResourceGroup | None:
-    return session.scalars(
-        select(ResourceGroup).where(
-            ResourceGroup.subscription == subscription, ResourceGroup.name_key == name.lower()
-        )
-    ).first()
-
-
-def _require_group(session: Session, subscription: str, name: str) -> ResourceGroup:
-    group = _find_group(session, subscription, name)
-    if group is None:
-        raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
-    return group
-
-
-def _find_set(session: Session, group: ResourceGroup, name: str) -> ScaleSet | None:
-    return session.scalars(
-        select(ScaleSet).where(ScaleSet.group_id == group.id, ScaleSet.name_key == name.lower())
-    ).first()
-
-
-def _require_set(session: Session, subscription: str, group_name: str, name: str) -> ScaleSet:
-    group = _require_group(session, subscription, group_name)
-    scale_set = _find_set(session, group, name)
-    if scale_set is None:
-        raise ArmError(
-            404,
-            "ResourceNotFound",
-            f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{name}' "
-            f"under resource group '{group.name}' was not found.",
-        )
-    return scale_set
-
-
-def _all_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
-    """Every instance row, those already being deleted included: deleting a set must not leave behind an
-    instance whose earlier delete task has not run yet (delete is idempotent, tasks run in order)."""
-    return list(
-        session.scalars(
-            select(Instance).where(Instance.set_id == scale_set.id).order_by(Instance.instance_id)
-        )
-    )
-
-
-def _live_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
-    """Instances that count towards capacity: all but those on their way out."""
-    return list(
-        session.scalars(
-            select(Instance)
-            .where(Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting")
-            .order_by(Instance.instance_id)
-        )
-    )
 
 
 def _require_instance(session: Session, scale_set: ScaleSet, instance_id: str) -> Instance:

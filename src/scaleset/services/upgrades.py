@@ -20,9 +20,11 @@ from scaleset.domain.errors import ArmError, operation_not_allowed
 from scaleset.domain.rolling import ACTIVE_STATUSES, Member, counts
 from scaleset.domain.scaleset_spec import image_request
 from scaleset.engine.clock import Clock
+from scaleset.services.lookups import require_set
 from scaleset.services.operations import start_operation
-from scaleset.services.runs import active_run, begin_run, effective_policy, new_model_version
-from scaleset.services.scalesets import _require_set, set_id_of
+from scaleset.services.runs import active_run, new_model_version
+from scaleset.services.scalesets import set_id_of
+from scaleset.services.user_runs import begin_user_run, operation_of, refuse_unless_run_can_start
 from scaleset.store.db import Database
 from scaleset.store.tables import (
     Instance,
@@ -69,7 +71,7 @@ class UpgradeService:
         `rollbackFailedInstancesOnPolicyBreach` rolls failed instances back.
         """
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
         newest = self._catalog.find(scale_set.location, image_request(scale_set.document))
         if newest is None:
             request = image_request(scale_set.document)
@@ -85,28 +87,13 @@ class UpgradeService:
     ) -> Operation:
         now = self._clock.now()
         with self._db.write() as session:
-            scale_set = _require_set(session, subscription, group, name)
-            if scale_set.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The scale set '{name}' is being deleted.")
-            if active_run(session, scale_set.id) is not None:
-                raise operation_not_allowed(
-                    f"A rolling upgrade is already running on '{name}'; cancel it or wait for it to end."
-                )
+            scale_set = require_set(session, subscription, group, name)
+            refuse_unless_run_can_start(session, scale_set, name)
             if kind == "os" and image_version is not None and image_version != scale_set.exact_image_version:
                 new_model_version(session, scale_set, image_version, now)
             elif kind == "extension":
                 new_model_version(session, scale_set, scale_set.exact_image_version, now)
-            policy = effective_policy(scale_set.document)
-            run = begin_run(
-                session,
-                scale_set,
-                kind=kind,
-                started_by="User",
-                rollback_on_breach=bool(policy.get("rollbackFailedInstancesOnPolicyBreach")),
-                now=now,
-            )
-            operation = session.get(Operation, run.operation_id)
-            assert operation is not None
+            operation = operation_of(session, begin_user_run(session, scale_set, kind, now))
         self._wake()
         return operation
 
@@ -114,7 +101,7 @@ class UpgradeService:
         """POST rollingUpgrades/cancel: the run stops after its current batch (Cancelled)."""
         now = self._clock.now()
         with self._db.write() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             run = active_run(session, scale_set.id)
             if run is None:
                 raise operation_not_allowed(f"There is no rolling upgrade running on the scale set '{name}'.")
@@ -148,20 +135,12 @@ class UpgradeService:
                 return
             if scale_set.model_version <= run.target_model_version or active_run(session, scale_set.id):
                 return
-            policy = effective_policy(scale_set.document)
-            begin_run(
-                session,
-                scale_set,
-                kind="model",
-                started_by="User",
-                rollback_on_breach=bool(policy.get("rollbackFailedInstancesOnPolicyBreach")),
-                now=now,
-            )
+            begin_user_run(session, scale_set, "model", now)
         self._wake()
 
     def latest(self, subscription: str, group: str, name: str) -> RunStatus:
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             run = session.scalars(
                 select(RollingUpgrade)
                 .where(RollingUpgrade.set_id == scale_set.id)

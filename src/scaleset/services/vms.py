@@ -29,8 +29,7 @@ from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog, image_not_found
 from scaleset.domain.availability_set_spec import next_domains
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
-from scaleset.domain.model_change import change_action
-from scaleset.domain.scaleset_spec import image_request, model_of, models_differ, validate_scale_set
+from scaleset.domain.scaleset_spec import image_request, model_of, validate_scale_set
 from scaleset.domain.vm_spec import (
     availability_set_of,
     replace_extension,
@@ -40,14 +39,20 @@ from scaleset.domain.vm_spec import (
     vm_error,
 )
 from scaleset.engine.clock import Clock
-from scaleset.services.availability_sets import (
-    availability_set_not_found,
-    find_availability_set,
+from scaleset.services.availability_sets import availability_set_not_found, find_availability_set
+from scaleset.services.extension_settings import prepare_extensions
+from scaleset.services.lookups import (
+    add_to_group,
+    find_in_group,
+    live_instances,
     require_group,
+    require_writable_group,
+    resource_not_found,
 )
 from scaleset.services.operations import add_task, complete_if_done, start_operation
 from scaleset.services.scalesets import POWER_ACTIONS, ScaleSetService
 from scaleset.services.secrets import SecretBox
+from scaleset.services.set_rows import add_model_version, add_scale_set, model_changed, move_to_model
 from scaleset.store.db import Database
 from scaleset.store.tables import (
     AvailabilitySet,
@@ -173,9 +178,7 @@ class VmService:
         image_version = self._image_version(set_document, existing)
         now = self._clock.now()
         with self._db.write() as session:
-            group = require_group(session, subscription, group_name)
-            if group.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The resource group '{group.name}' is being deleted.")
+            group = require_writable_group(session, subscription, group_name)
             row = _find_vm(session, group, name)
             if (row is None) != (existing is None) or (
                 row and existing and row.updated_at != existing.updated_at
@@ -237,51 +240,30 @@ class VmService:
                 int(counts["platformFaultDomainCount"]),
             )
         uid = str(uuid.uuid4())
-        scale_set = ScaleSet(
+        scale_set = add_scale_set(
+            session,
+            group,
             uid=uid,
-            subscription=group.subscription,
-            group_id=group.id,
             name=BACKING_SET_PREFIX + uid,
-            name_key=BACKING_SET_PREFIX + uid,
-            location=set_document["location"],
             document=set_document,
-            model_version=1,
-            exact_image_version=image_version,
-            provisioning_state="Creating",
-            next_instance_id=0,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(scale_set)
-        session.flush()
-        session.add(
-            ScaleSetModel(
-                set_id=scale_set.id,
-                version=1,
-                model=model_of(set_document),
-                exact_image_version=image_version,
-                created_at=now,
-            )
+            image_version=image_version,
+            now=now,
         )
         (instance,) = self._scalesets.create_instances(session, operation, scale_set, 1)
         instance.update_domain, instance.fault_domain = domains
-        row = VirtualMachine(
-            subscription=group.subscription,
-            group_id=group.id,
-            name=name,
-            name_key=name.lower(),
-            location=document["location"],
-            document=document,
+        return add_to_group(
+            session,
+            VirtualMachine,
+            group,
+            name,
+            document,
+            now,
             extensions=[],
             set_id=scale_set.id,
             availability_set_id=availability_set.id if availability_set else None,
             update_domain=domains[0],
             fault_domain=domains[1],
-            created_at=now,
-            updated_at=now,
         )
-        session.add(row)
-        return row
 
     def _availability_set(
         self, session: Session, group: ResourceGroup, document: Json
@@ -321,37 +303,26 @@ class VmService:
         assert scale_set is not None
         if scale_set.provisioning_state == "Deleting":
             raise operation_not_allowed(f"The VM '{row.name}' is being deleted.")
-        changed = (
-            models_differ(scale_set.document, set_document) or scale_set.exact_image_version != image_version
-        )
+        changed = model_changed(scale_set, set_document, image_version)
         scale_set.document = set_document
         scale_set.provisioning_state = "Updating"
         scale_set.updated_at = now
         if not changed:
             return
-        scale_set.model_version += 1
-        scale_set.exact_image_version = image_version
-        session.add(
-            ScaleSetModel(
-                set_id=scale_set.id,
-                version=scale_set.model_version,
-                model=model_of(set_document),
-                exact_image_version=image_version,
-                created_at=now,
-            )
-        )
-        for instance in _live_instances(session, scale_set):
+        add_model_version(session, scale_set, set_document, image_version, now)
+        for instance in live_instances(session, scale_set):
             before = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
             assert before is not None, "every model version an instance runs is kept"
-            action = change_action(
-                before.model, model_of(set_document), instance.image_version, image_version
+            move_to_model(
+                session,
+                operation,
+                instance,
+                before.model,
+                model_of(set_document),
+                scale_set.model_version,
+                image_version,
+                now,
             )
-            instance.model_version = scale_set.model_version
-            instance.image_version = image_version
-            if action == "reimage":
-                instance.os_disk_generation += 1
-            if action != "none":
-                add_task(session, operation, instance, action, now)
 
     def _image_version(self, set_document: Json, existing: VirtualMachine | None) -> str:
         """The exact image version to run. A VM keeps the version it was made from while its image
@@ -369,43 +340,11 @@ class VmService:
         return image.version
 
     def _prepare_extensions(self, set_document: Json, current_set: Json | None) -> None:
-        """Check each extension resolves in the catalog and seal its protected settings (in place).
-        An extension written again without protected settings keeps those it had: clients GET the VM
-        (which never shows them) and PUT it back."""
-        profile = set_document["properties"]["virtualMachineProfile"]
-        before = {
-            str(e["name"]).lower(): e["properties"]
-            for e in (
-                (current_set or {})
-                .get("properties", {})
-                .get("virtualMachineProfile", {})
-                .get("extensionProfile")
-                or {}
-            ).get("extensions")
-            or []
-        }
-        for extension in (profile.get("extensionProfile") or {}).get("extensions") or []:
-            properties = extension["properties"]
-            auto_minor = properties.get("autoUpgradeMinorVersion", True) is not False
-            if (
-                self._extensions.resolve(
-                    properties["publisher"], properties["type"], properties["typeHandlerVersion"], auto_minor
-                )
-                is None
-            ):
-                raise invalid(
-                    "properties.typeHandlerVersion",
-                    f"Extension {properties['publisher']}.{properties['type']} version "
-                    f"{properties['typeHandlerVersion']} is not in the extension catalog.",
-                )
-            if properties.get("protectedSettings") is not None:
-                properties["protectedSettingsSealed"] = self._secrets.seal(
-                    properties.pop("protectedSettings")
-                )
-                continue
-            old = before.get(str(extension["name"]).lower())
-            if old and "protectedSettingsSealed" in old and _same_handler(old, properties):
-                properties["protectedSettingsSealed"] = old["protectedSettingsSealed"]
+        """Check each extension resolves in the catalog and seal its protected settings (in place), as
+        for a scale set; an error names the VM's extension properties."""
+        prepare_extensions(
+            set_document, current_set, self._extensions, self._secrets, target=lambda _index: "properties"
+        )
 
     # ------------------------------------------------------------------------------------- actions
     def action(self, subscription: str, group_name: str, name: str, verb: str, body: Any) -> Operation:
@@ -484,19 +423,7 @@ class VmService:
 
 # ------------------------------------------------------------------------------------------ helpers
 def _find_vm(session: Session, group: ResourceGroup, name: str) -> VirtualMachine | None:
-    return session.scalars(
-        select(VirtualMachine).where(
-            VirtualMachine.group_id == group.id, VirtualMachine.name_key == name.lower()
-        )
-    ).first()
-
-
-def _live_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
-    return list(
-        session.scalars(
-            select(Instance).where(Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting")
-        )
-    )
+    return find_in_group(session, VirtualMachine, group, name)
 
 
 def _state(session: Session, row: VirtualMachine, group_name: str) -> VmState:
@@ -510,17 +437,8 @@ def _state(session: Session, row: VirtualMachine, group_name: str) -> VmState:
     return VmState(row, group_name, scale_set, instance, copy.deepcopy(model.model) if model else {})
 
 
-def _same_handler(a: Json, b: Json) -> bool:
-    return all(str(a.get(key, "")).lower() == str(b.get(key, "")).lower() for key in ("publisher", "type"))
-
-
 def _vm_not_found(group: str, name: str) -> ArmError:
-    return ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource 'Microsoft.Compute/virtualMachines/{name}' under resource group '{group}' "
-        "was not found.",
-    )
+    return resource_not_found("Microsoft.Compute/virtualMachines", group, name)
 
 
 def _extension_not_found(name: str, extension_name: str) -> ArmError:

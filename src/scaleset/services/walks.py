@@ -22,14 +22,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
+from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.placement import UPDATE_DOMAIN_COUNT
 from scaleset.engine.clock import Clock
-from scaleset.services.runs import active_run, begin_run, effective_policy
-from scaleset.services.scalesets import ScaleSetService, _require_set
+from scaleset.services.lookups import live_instances, require_set
+from scaleset.services.runs import effective_policy
+from scaleset.services.scalesets import ScaleSetService
 from scaleset.services.upgrades import run_status
+from scaleset.services.user_runs import begin_user_run, operation_of, refuse_unless_run_can_start
 from scaleset.store.db import Database
-from scaleset.store.tables import Instance, Operation, RollingUpgrade, ScaleSet, UpgradeInstance
+from scaleset.store.tables import Instance, Operation, RollingUpgrade, UpgradeInstance
 
 Json = dict[str, Any]
 WALK = "walk"
@@ -148,33 +150,17 @@ class WalkService:
         """POST upgradeDomainWalk: write the walk's run and its operation in one transaction."""
         now = self._clock.now()
         with self._db.write() as session:
-            scale_set = _require_set(session, subscription, group, name)
-            if scale_set.provisioning_state == "Deleting":
-                raise operation_not_allowed(f"The scale set '{name}' is being deleted.")
-            if active_run(session, scale_set.id) is not None:
-                raise operation_not_allowed(
-                    f"A rolling upgrade is already running on '{name}'; cancel it or wait for it to end."
-                )
+            scale_set = require_set(session, subscription, group, name)
+            refuse_unless_run_can_start(session, scale_set, name)
             policy = walk_policy(effective_policy(scale_set.document))
-            run = begin_run(
-                session,
-                scale_set,
-                kind=WALK,
-                started_by="User",
-                rollback_on_breach=bool(policy.get("rollbackFailedInstancesOnPolicyBreach")),
-                now=now,
-            )
-            # Set in the same transaction as the run itself, so the engine never sees the set's policy.
-            run.policy = policy
-            operation = session.get(Operation, run.operation_id)
-            assert operation is not None
+            operation = operation_of(session, begin_user_run(session, scale_set, WALK, now, policy))
         self._wake()
         return operation
 
     def list_update_domains(self, subscription: str, group: str, name: str) -> list[UpdateDomain]:
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
-            return update_domains(_live_instances(session, scale_set), scale_set.model_version)
+            scale_set = require_set(session, subscription, group, name)
+            return update_domains(live_instances(session, scale_set), scale_set.model_version)
 
     def upgrade_update_domain(self, subscription: str, group: str, name: str, raw_domain: str) -> Operation:
         """POST updateDomains/{n}/manualupgrade: the domain's instances onto the latest model (M-3, M-5).
@@ -182,8 +168,8 @@ class WalkService:
         Instances protected from scale-set actions are left alone, as by any set-wide action."""
         number = parse_update_domain(raw_domain)
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
-            live = _live_instances(session, scale_set)
+            scale_set = require_set(session, subscription, group, name)
+            live = live_instances(session, scale_set)
         domains = update_domains(live, scale_set.model_version)
         chosen = next((d for d in domains if d.number == number), None)
         if chosen is None:
@@ -205,7 +191,7 @@ class WalkService:
 
         One read gives status, counts and batches together, so a watcher never mixes two runs."""
         with self._db.read() as session:
-            scale_set = _require_set(session, subscription, group, name)
+            scale_set = require_set(session, subscription, group, name)
             query = select(RollingUpgrade).where(RollingUpgrade.set_id == scale_set.id)
             if operation_id is not None:
                 query = query.where(RollingUpgrade.operation_id == operation_id)
@@ -229,14 +215,6 @@ class WalkService:
             if run.error:
                 view["error"] = run.error
             return view
-
-
-def _live_instances(session: Session, scale_set: ScaleSet) -> list[Instance]:
-    return list(
-        session.scalars(
-            select(Instance).where(Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting")
-        )
-    )
 
 
 def _batches(session: Session, run: RollingUpgrade) -> list[Batch]:
