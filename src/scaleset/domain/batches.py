@@ -75,6 +75,9 @@ class BatchPolicy:
     max_unhealthy_instance_percent: int = _DEFAULT_PERCENT
     enable_cross_zone_upgrade: bool = False
     prioritize_unhealthy_instances: bool = False
+    # scaleset's own key, set only by update-domain walks (services/walks.py): groups run domain by domain
+    # across zones (UD 0 of every zone, then UD 1 …) instead of zone by zone. Zones still never share a batch.
+    update_domain_first: bool = False
 
     @classmethod
     def from_json(cls, policy: Mapping[str, Any]) -> BatchPolicy:
@@ -86,6 +89,7 @@ class BatchPolicy:
             ),
             enable_cross_zone_upgrade=_bool_field(policy, "enableCrossZoneUpgrade"),
             prioritize_unhealthy_instances=_bool_field(policy, "prioritizeUnhealthyInstances"),
+            update_domain_first=_bool_field(policy, "updateDomainFirst"),
         )
 
 
@@ -217,13 +221,18 @@ def _skipped(candidates: Iterable[Candidate]) -> tuple[Skipped, ...]:
     return tuple(Skipped(instance_id, reason) for instance_id, reason in sorted(reasons) if reason)
 
 
-def _group_key(policy: BatchPolicy) -> Callable[[Candidate], tuple[bool, str, int]]:
-    """The sort key of a candidate's group: zone None first, then zone names, then update domain."""
+def _group_key(policy: BatchPolicy) -> Callable[[Candidate], tuple[int, bool, str, int]]:
+    """The sort key of a candidate's group: zone None first, then zone names, then update domain (or, with
+    `update_domain_first`, update domain first and zones within it)."""
 
-    def key(candidate: Candidate) -> tuple[bool, str, int]:
+    def key(candidate: Candidate) -> tuple[int, bool, str, int]:
         if policy.enable_cross_zone_upgrade or candidate.zone is None:
-            return (False, "", candidate.update_domain)
-        return (True, candidate.zone, candidate.update_domain)
+            zone: tuple[bool, str] = (False, "")
+        else:
+            zone = (True, candidate.zone)
+        if policy.update_domain_first:
+            return (candidate.update_domain, *zone, 0)
+        return (0, *zone, candidate.update_domain)
 
     return key
 
@@ -231,7 +240,7 @@ def _group_key(policy: BatchPolicy) -> Callable[[Candidate], tuple[bool, str, in
 def _groups(pending: Iterable[Candidate], policy: BatchPolicy) -> list[list[Candidate]]:
     """Pending candidates by group, groups in run order, members by instance id."""
     key = _group_key(policy)
-    groups: dict[tuple[bool, str, int], list[Candidate]] = {}
+    groups: dict[tuple[int, bool, str, int], list[Candidate]] = {}
     for candidate in sorted(pending, key=lambda c: (key(c), c.instance_id)):
         groups.setdefault(key(candidate), []).append(candidate)
     return list(groups.values())

@@ -46,7 +46,9 @@ def walk_policy(set_policy: Json) -> Json:
       unhealthy budget (0 for a set of 4 at 20 %) and a domain would take several batches;
     - maxUnhealthyUpgradedInstancePercent 0: one upgraded instance not healthy in time stops the walk;
     - no prioritizeUnhealthyInstances (it would split a domain in two), no enableCrossZoneUpgrade (zones
-      never go together, M-21), no maxSurge (Azure may put a surge replacement in another domain).
+      never go together, M-21), no maxSurge (Azure may put a surge replacement in another domain);
+    - updateDomainFirst (scaleset's own key): in a zoned set, update domain 0 of every zone, one zone at a
+      time, then update domain 1 …, so the walk goes domain by domain as its name says.
 
     The pause between batches and rollbackFailedInstancesOnPolicyBreach are the set's own.
 
@@ -64,6 +66,7 @@ def walk_policy(set_policy: Json) -> Json:
         "prioritizeUnhealthyInstances": False,
         "enableCrossZoneUpgrade": False,
         "maxSurge": False,
+        "updateDomainFirst": True,
     }
 
 
