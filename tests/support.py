@@ -287,3 +287,140 @@ def server_log_errors(server: ServerProcess, since: int = 0) -> list[str]:
     return [
         line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or "Traceback" in line
     ]
+
+
+# ---------------------------------------------------------------------- shared e2e set-up and requests
+NETWORK_API = {"api-version": "2024-05-01"}
+
+
+def guest_speed(apphealth_time_scale: int = 100, status_seconds: float = 0.25) -> dict[str, str]:
+    """Server environment for a faster guest: Application Health probes `apphealth_time_scale` times
+    faster than on Azure and the guest reports its status every `status_seconds` (guest/init.py)."""
+    return {
+        "SCALESET_APPHEALTH_TIME_SCALE": str(apphealth_time_scale),
+        "SCALESET_GUEST_STATUS_SECONDS": str(status_seconds),
+    }
+
+
+def publish_image(
+    server: ServerProcess,
+    image: str,
+    *,
+    version: str,
+    sku: str = "stable",
+    already_published_ok: bool = False,
+) -> None:
+    """Publish examples/images/<image> as `scaleset:webapp:<sku>:<version>` and fail unless it was created
+    (or, with `already_published_ok`, was there already)."""
+    response = server.publish(EXAMPLE_IMAGES / image, sku=sku, version=version)
+    accepted = (201, 409) if already_published_ok else (201,)
+    assert response.status_code in accepted, response.text
+
+
+def application_health(grace_period: int, number_of_probes: int = 1) -> dict[str, Any]:
+    """The Application Health extension `health` (rich states) on the webapp's /health (azure-api.md §4.5)."""
+    return {
+        "name": "health",
+        "properties": {
+            "publisher": "Microsoft.ManagedServices",
+            "type": "ApplicationHealthLinux",
+            "typeHandlerVersion": "2.0",
+            "settings": {
+                "protocol": "http",
+                "port": 8080,
+                "requestPath": "/health",
+                "intervalInSeconds": 5,
+                "numberOfProbes": number_of_probes,
+                "gracePeriod": grace_period,
+            },
+        },
+    }
+
+
+def custom_script_writing(mark: str) -> dict[str, Any]:
+    """CustomScript extension properties whose protected command writes `mark` to files/cse.txt on the OS
+    disk (the sample webapp serves it at /files/os/cse.txt)."""
+    return {
+        "publisher": "Microsoft.Azure.Extensions",
+        "type": "CustomScript",
+        "typeHandlerVersion": "2.1",
+        "settings": {},
+        "protectedSettings": {
+            "commandToExecute": 'mkdir -p "$SCALESET_OS_DISK/files" && '
+            f'echo {mark} > "$SCALESET_OS_DISK/files/cse.txt"'
+        },
+    }
+
+
+def http_health_probe(name: str) -> dict[str, Any]:
+    """A load-balancer HTTP probe `name` on the webapp's /health (port 8080, every 5 s, one answer)."""
+    return {
+        "name": name,
+        "properties": {
+            "protocol": "Http",
+            "port": 8080,
+            "requestPath": "/health",
+            "intervalInSeconds": 5,
+            "numberOfProbes": 1,
+        },
+    }
+
+
+def set_path(server: ServerProcess, group: str, name: str, *parts: str) -> str:
+    """The ARM path of scale set `name` in `group`, with `parts` appended as further segments."""
+    tail = "".join(f"/{part}" for part in parts)
+    return (
+        f"/subscriptions/{server.subscription}/resourceGroups/{group}/providers/Microsoft.Compute/"
+        f"virtualMachineScaleSets/{name}{tail}"
+    )
+
+
+def lb_path(server: ServerProcess, group: str, name: str) -> str:
+    """The ARM path of load balancer `name` in `group`."""
+    return (
+        f"/subscriptions/{server.subscription}/resourceGroups/{group}/providers/Microsoft.Network/"
+        f"loadBalancers/{name}"
+    )
+
+
+def put_health_probe(server: ServerProcess, group: str, lb: str) -> str:
+    """Create load balancer `lb` with one HTTP probe `health` on the webapp's /health; return the probe id."""
+    with server.client() as client:
+        response = client.put(
+            lb_path(server, group, lb),
+            params=NETWORK_API,
+            json={"location": "eastus", "properties": {"probes": [http_health_probe("health")]}},
+        )
+    assert response.status_code == 201, response.text
+    probe_id: str = response.json()["properties"]["probes"][0]["id"]
+    return probe_id
+
+
+def run_cli(
+    server: ServerProcess, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `scaleset` CLI against `server` as a subprocess (stdin never a terminal), `env` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "scaleset.cli.main", *args],
+        env={**server.env, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def processes_under(root: Path) -> list[int]:
+    """Process ids of every process whose command line or working directory mentions `root`."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        except (psutil.Error, TypeError):
+            continue
+        if str(root) in text:
+            found.append(process.info["pid"])
+    return found

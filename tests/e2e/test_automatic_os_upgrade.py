@@ -33,65 +33,39 @@ from typer.testing import CliRunner
 from scaleset.cli import commands_platform
 from scaleset.cli.commands_common import State
 from scaleset.cli.output import OutputFormat
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import serve_module
 from tests.support import (
-    EXAMPLE_IMAGES,
     ServerProcess,
-    dispose,
+    application_health,
     eventually,
-    new_data_dir,
+    guest_speed,
+    publish_image,
+    put_health_probe,
     scale_set_body,
     server_log_errors,
+    set_path,
 )
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-auto-os"
 SKU = "auto"
 API = {"api-version": "2026-04-01"}
-NETWORK_API = {"api-version": "2024-05-01"}
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 GRACE = 10  # seconds the control plane waits for an Application Health batch
-GUEST_SPEED = {
-    "SCALESET_APPHEALTH_TIME_SCALE": "100",
-    "SCALESET_GUEST_STATUS_SECONDS": "0.25",
-    "SCALESET_PLATFORM_SWEEP_SECONDS": "1",
-}
+GUEST_SPEED = {**guest_speed(apphealth_time_scale=100), "SCALESET_PLATFORM_SWEEP_SECONDS": "1"}
 Json = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        new_data_dir("scaleset-auto-os-"), environment=GUEST_SPEED, extra_args=("--log-level", "info")
-    ).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
+    yield from serve_module("scaleset-auto-os-", GROUP, GUEST_SPEED, extra_args=("--log-level", "info"))
 
 
 # ------------------------------------------------------------------------------------------- helpers
 def publish(server: ServerProcess, image: str, version: str) -> float:
     """Publish an example image under our SKU; returns the wall-clock time the publish call returned."""
-    response = server.publish(EXAMPLE_IMAGES / image, sku=SKU, version=version)
-    returned = time.time()
-    assert response.status_code == 201, response.text
-    return returned
-
-
-def set_path(server: ServerProcess, name: str, *parts: str) -> str:
-    tail = "".join(f"/{part}" for part in parts)
-    return (
-        f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
-        f"virtualMachineScaleSets/{name}{tail}"
-    )
+    publish_image(server, image, sku=SKU, version=version)
+    return time.time()
 
 
 def auto_set(capacity: int, *, probe: str | None = None, health: bool = False, enabled: bool = True) -> Json:
@@ -99,7 +73,7 @@ def auto_set(capacity: int, *, probe: str | None = None, health: bool = False, e
         capacity,
         version="latest",
         data_disk=False,
-        extensions=[application_health()] if health else None,
+        extensions=[application_health(GRACE)] if health else None,
         upgradePolicy={
             "mode": "Automatic",
             "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": enabled},
@@ -109,48 +83,6 @@ def auto_set(capacity: int, *, probe: str | None = None, health: bool = False, e
     if probe is not None:
         body["properties"]["virtualMachineProfile"]["networkProfile"] = {"healthProbe": {"id": probe}}
     return body
-
-
-def application_health() -> Json:
-    return {
-        "name": "health",
-        "properties": {
-            "publisher": "Microsoft.ManagedServices",
-            "type": "ApplicationHealthLinux",
-            "typeHandlerVersion": "2.0",
-            "settings": {
-                "protocol": "http",
-                "port": 8080,
-                "requestPath": "/health",
-                "intervalInSeconds": 5,
-                "numberOfProbes": 1,
-                "gracePeriod": GRACE,
-            },
-        },
-    }
-
-
-def make_probe(server: ServerProcess) -> str:
-    probe = {
-        "name": "health",
-        "properties": {
-            "protocol": "Http",
-            "port": 8080,
-            "requestPath": "/health",
-            "intervalInSeconds": 5,
-            "numberOfProbes": 1,
-        },
-    }
-    with server.client() as client:
-        response = client.put(
-            f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Network/"
-            "loadBalancers/lb-auto",
-            params=NETWORK_API,
-            json={"location": "eastus", "properties": {"probes": [probe]}},
-        )
-    assert response.status_code == 201, response.text
-    probe_id: str = response.json()["properties"]["probes"][0]["id"]
-    return probe_id
 
 
 def os_versions(compute: ComputeManagementClient, name: str) -> dict[str, str]:
@@ -207,7 +139,7 @@ def sweeps_after(server: ServerProcess, since: int) -> int:
 
 def blocked(server: ServerProcess, name: str) -> list[Json]:
     with server.client() as client:
-        response = client.get(set_path(server, name, "blockedImageVersions"), params=API)
+        response = client.get(set_path(server, GROUP, name, "blockedImageVersions"), params=API)
     assert response.status_code == 200, response.text
     value: list[Json] = response.json()["value"]
     return value
@@ -235,7 +167,7 @@ def test_platform_upgrades_opted_in_sets_and_never_loops_on_a_bad_version(
     log_start = server.log_path.stat().st_size if server.log_path else 0
     sets = compute.virtual_machine_scale_sets
     publish(server, "webapp-1.0.0", "1.0.0")
-    probe = make_probe(server)
+    probe = put_health_probe(server, GROUP, "lb-auto")
     try:
         # -- 1. three sets; two opt in --------------------------------------------------------------
         for name, body in (
@@ -320,7 +252,7 @@ def test_platform_upgrades_opted_in_sets_and_never_loops_on_a_bad_version(
         assert status.running_status.code == "Completed", status.error
         assert set(os_versions(compute, "apphealth").values()) == {"1.1.0"}  # the app reports its manifest
         with server.client() as client:
-            vm = client.get(set_path(server, "apphealth", "virtualMachines", "0"), params=API).json()
+            vm = client.get(set_path(server, GROUP, "apphealth", "virtualMachines", "0"), params=API).json()
         assert vm["properties"]["storageProfile"]["imageReference"]["exactVersion"] == "2.0.1"
 
         listed = cli(server, "list-blocked-image-versions", "-g", GROUP, "-n", "apphealth")
@@ -346,7 +278,7 @@ def test_the_rules_for_switching_it_on_are_enforced_on_the_wire(server: ServerPr
     no_health = auto_set(1)
     with server.client() as client:
         for body, words in ((pinned, "'latest'"), (no_health, "health source")):
-            response = client.put(set_path(server, "refused"), params=API, json=body)
+            response = client.put(set_path(server, GROUP, "refused"), params=API, json=body)
             assert response.status_code == 400, response.text
             error = response.json()["error"]
             assert error["code"] == "InvalidParameter"
@@ -355,7 +287,7 @@ def test_the_rules_for_switching_it_on_are_enforced_on_the_wire(server: ServerPr
                 == "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
             )
             assert words in error["message"]
-        assert client.get(set_path(server, "refused"), params=API).status_code == 404
+        assert client.get(set_path(server, GROUP, "refused"), params=API).status_code == 404
 
 
 def _published(server: ServerProcess, version: str) -> bool:

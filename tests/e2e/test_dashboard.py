@@ -27,16 +27,19 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, Playwright, expect, sync_playwright
 
+from tests.e2e.conftest import serve_module
 from tests.support import (
-    EXAMPLE_IMAGES,
+    NETWORK_API,
     REPO,
     ServerProcess,
-    dispose,
     eventually,
     instance_addresses,
-    new_data_dir,
+    lb_path,
+    publish_image,
+    put_health_probe,
     scale_set_body,
     server_log_errors,
+    set_path,
 )
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +59,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO / "test-artifacts"
 GROUP = "rg-dash"
 SKU = "dash"
-NETWORK_API = {"api-version": "2024-05-01"}
 COMPUTE_API = {"api-version": "2026-04-01"}
 Json = dict[str, Any]
 
@@ -64,19 +66,7 @@ Json = dict[str, Any]
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-dashboard-")).start()
-    try:
-        with process.client() as client:
-            response = client.put(
-                f"/subscriptions/{process.subscription}/resourcegroups/{GROUP}",
-                params=COMPUTE_API,
-                json={"location": "eastus"},
-            )
-            assert response.status_code in (200, 201), response.text
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
+    yield from serve_module("scaleset-dashboard-", GROUP)
 
 
 @pytest.fixture(scope="module")
@@ -128,21 +118,14 @@ def page(browser_context: BrowserContext) -> Iterator[Page]:
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def set_path(server: ServerProcess, name: str) -> str:
-    return (
-        f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
-        f"virtualMachineScaleSets/{name}"
-    )
-
-
 def publish(server: ServerProcess, image: str, version: str) -> None:
-    response = server.publish(EXAMPLE_IMAGES / image, sku=SKU, version=version)
-    assert response.status_code in (201, 409), response.text  # 409: an earlier test published it
+    # an earlier test may have published it already
+    publish_image(server, image, sku=SKU, version=version, already_published_ok=True)
 
 
 def api_vms(server: ServerProcess, name: str) -> dict[str, Json]:
     with server.client() as client:
-        url: str | None = f"{set_path(server, name)}/virtualMachines"
+        url: str | None = set_path(server, GROUP, name, "virtualMachines")
         params: Any = {**COMPUTE_API, "$expand": "instanceView"}
         found: dict[str, Json] = {}
         while url:
@@ -203,43 +186,26 @@ def sign_in(page: Page, server: ServerProcess, token: str | None = None) -> None
 @contextlib.contextmanager
 def a_load_balancer_probe(server: ServerProcess, name: str) -> Iterator[str]:
     """A load balancer whose HTTP probe watches the webapp's /health: the set's health source."""
-    path = (
-        f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Network/"
-        f"loadBalancers/{name}"
-    )
-    probe = {
-        "name": "health",
-        "properties": {
-            "protocol": "Http",
-            "port": 8080,
-            "requestPath": "/health",
-            "intervalInSeconds": 5,
-            "numberOfProbes": 1,
-        },
-    }
-    with server.client() as client:
-        response = client.put(
-            path, params=NETWORK_API, json={"location": "eastus", "properties": {"probes": [probe]}}
-        )
-        assert response.status_code == 201, response.text
-        try:
-            yield str(response.json()["properties"]["probes"][0]["id"])
-        finally:
-            client.delete(path, params=NETWORK_API)
+    probe_id = put_health_probe(server, GROUP, name)
+    try:
+        yield probe_id
+    finally:
+        with server.client() as client:
+            client.delete(lb_path(server, GROUP, name), params=NETWORK_API)
 
 
 @contextlib.contextmanager
 def a_scale_set(server: ServerProcess, name: str, body: Json) -> Iterator[None]:
     with server.client() as client:
-        response = client.put(set_path(server, name), params=COMPUTE_API, json=body)
+        response = client.put(set_path(server, GROUP, name), params=COMPUTE_API, json=body)
         assert response.status_code == 201, response.text
         try:
             yield
         finally:
-            deleted = client.delete(set_path(server, name), params=COMPUTE_API)
+            deleted = client.delete(set_path(server, GROUP, name), params=COMPUTE_API)
             assert deleted.status_code in (200, 202, 204), deleted.text
             eventually(
-                lambda: client.get(set_path(server, name), params=COMPUTE_API).status_code == 404,
+                lambda: client.get(set_path(server, GROUP, name), params=COMPUTE_API).status_code == 404,
                 60,
                 what=f"{name} deleted",
             )
@@ -402,7 +368,7 @@ def journey(
     page.get_by_role("button", name="Update model").click()
     with server.client() as client:
         refused = client.patch(
-            set_path(server, name),
+            set_path(server, GROUP, name),
             params=COMPUTE_API,
             json={
                 "properties": {
@@ -468,8 +434,10 @@ def journey(
     for instance_id in all_ids:
         expect(cell(page, instance_id).locator(".cell-version")).to_have_text("1.1.0")
     with server.client() as client:
-        latest = client.get(f"{set_path(server, name)}/rollingUpgrades/latest", params=COMPUTE_API).json()
-        history = client.get(f"{set_path(server, name)}/osUpgradeHistory", params=COMPUTE_API)
+        latest = client.get(
+            set_path(server, GROUP, name, "rollingUpgrades", "latest"), params=COMPUTE_API
+        ).json()
+        history = client.get(set_path(server, GROUP, name, "osUpgradeHistory"), params=COMPUTE_API)
     properties = latest["properties"]
     assert properties["runningStatus"]["code"] == "Completed"
     assert properties["policy"]["maxBatchInstancePercent"] == 50  # what the page set before starting
@@ -503,7 +471,9 @@ def journey(
     expect(page.get_by_role("button", name="Cancel upgrade")).to_be_disabled()
     expect(page.get_by_role("button", name="Start rolling upgrade")).to_be_enabled()
     with server.client() as client:
-        cancelled = client.get(f"{set_path(server, name)}/rollingUpgrades/latest", params=COMPUTE_API).json()
+        cancelled = client.get(
+            set_path(server, GROUP, name, "rollingUpgrades", "latest"), params=COMPUTE_API
+        ).json()
     status = cancelled["properties"]["runningStatus"]
     assert (status["code"], status["lastAction"]) == ("Cancelled", "Cancel")
     assert cancelled["properties"]["policy"]["maxBatchInstancePercent"] == 25

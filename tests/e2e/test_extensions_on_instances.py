@@ -13,8 +13,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 
-from tests.e2e.conftest import compute_client, resource_client
-from tests.support import EXAMPLE_IMAGES, ServerProcess, dispose, new_data_dir, scale_set_body
+from tests.e2e.conftest import resource_client, serve_module
+from tests.support import ServerProcess, custom_script_writing, scale_set_body
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-guest"
@@ -33,16 +33,7 @@ HEALTH = {
     "typeHandlerVersion": "2.0",
     "settings": {"protocol": "http", "port": 8080, "requestPath": "/health", "intervalInSeconds": 5},
 }
-SCRIPT = {
-    "publisher": "Microsoft.Azure.Extensions",
-    "type": "CustomScript",
-    "typeHandlerVersion": "2.1",
-    "settings": {},
-    "protectedSettings": {
-        "commandToExecute": 'mkdir -p "$SCALESET_OS_DISK/files" && '
-        'echo secret-ok > "$SCALESET_OS_DISK/files/cse.txt"'
-    },
-}
+SCRIPT = custom_script_writing("secret-ok")
 
 
 def body(capacity: int, extensions: list[dict[str, Any]], custom_data: str | None = None) -> dict[str, Any]:
@@ -52,22 +43,12 @@ def body(capacity: int, extensions: list[dict[str, Any]], custom_data: str | Non
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     # Application Health probes every 5 s on Azure; here a hundred times faster.
-    process = ServerProcess(
-        new_data_dir("scaleset-guest-"), environment={"SCALESET_APPHEALTH_TIME_SCALE": "100"}
-    ).start()
-    try:
-        for version in ("1.0.0", "1.1.0"):
-            assert process.publish(EXAMPLE_IMAGES / f"webapp-{version}", version=version).status_code == 201
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, leftovers
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
+    yield from serve_module(
+        "scaleset-guest-",
+        GROUP,
+        {"SCALESET_APPHEALTH_TIME_SCALE": "100"},
+        webapp_versions=("1.0.0", "1.1.0"),
+    )
 
 
 def address_of(server: ServerProcess, name: str, instance_id: str) -> str:

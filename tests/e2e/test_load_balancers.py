@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ServerProcess, scale_set_body
+from tests.support import ServerProcess, run_cli, scale_set_body
 
 pytestmark = pytest.mark.e2e
 API = {"api-version": "2024-05-01"}  # what azure-mgmt-network sends; any version is accepted
@@ -409,16 +408,7 @@ def test_deleting_a_group_deletes_its_load_balancers(published: ServerProcess, c
 
 # ------------------------------------------------------------------------------------------------ CLI
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**server.env, "SCALESET_SUBSCRIPTION": server.subscription}
-    return subprocess.run(
-        [sys.executable, "-m", "scaleset.cli.main", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(server, *args, timeout=120, env={"SCALESET_SUBSCRIPTION": server.subscription})
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -17,14 +17,11 @@ import pytest
 from azure.mgmt.compute import ComputeManagementClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import compute_client, resource_client, serve_module
 from tests.support import (
-    EXAMPLE_IMAGES,
     REPO,
     ServerProcess,
-    dispose,
     eventually,
-    new_data_dir,
     scale_set_body,
 )
 
@@ -40,17 +37,11 @@ SET_ROUTE = (
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     # Later options win: info level, so uvicorn's access log (one line per request) is written too.
-    process = ServerProcess(
-        new_data_dir("scaleset-metrics-"), extra_args=("--log-format", "json", "--log-level", "info")
-    ).start()
-    try:
-        for version in ("1.0.0",):
-            response = process.publish(EXAMPLE_IMAGES / f"webapp-{version}", version=version)
-            assert response.status_code == 201, response.text
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
+    yield from serve_module(
+        "scaleset-metrics-",
+        extra_args=("--log-format", "json", "--log-level", "info"),
+        webapp_versions=("1.0.0",),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,13 +18,12 @@ import pytest
 from azure.mgmt.compute import ComputeManagementClient
 
 from tests.e2e.conftest import compute_client, resource_client
-from tests.support import ServerProcess, scale_set_body
+from tests.support import ServerProcess, run_cli, scale_set_body
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-plan"
 NAME = "web"
 API = {"api-version": "2026-04-01"}
-CLI_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +41,6 @@ def plan_path(server: ServerProcess, name: str = NAME) -> str:
     return (
         f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
         f"virtualMachineScaleSets/{name}/rollingUpgrades/scalesetPlan"
-    )
-
-
-def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scaleset.cli.main", *args],
-        env=server.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
     )
 
 
@@ -122,14 +108,14 @@ def test_preview_then_upgrade(published: ServerProcess, compute: ComputeManageme
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "ResourceNotFound")
 
     # The CLI: a row per batch, the skipped instances and a summary; JSON is the whole plan.
-    table = ok(cli(published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME, "-o", "table"))
+    table = ok(run_cli(published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME, "-o", "table"))
     rows = [line.split() for line in table.splitlines() if re.match(r"^\s*\d+\s+\d", line)]
     assert [row[:4] for row in rows] == [["1", "0", "1", "0"], ["2", "1", "2", "0"], ["3", "2", "3", "0"]]
     assert "Skipped: 3 (AlreadyCurrent)" in table
     assert "3 batches of at most 1 (of 4 instances, 1 skipped)" in table
     as_json = json.loads(
         ok(
-            cli(
+            run_cli(
                 published,
                 "vmss",
                 "rolling-upgrade",
@@ -148,7 +134,9 @@ def test_preview_then_upgrade(published: ServerProcess, compute: ComputeManageme
         )
     )
     assert batches_of(as_json) == batches_of(wider)
-    bad = cli(published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME, "--max-surge", "maybe")
+    bad = run_cli(
+        published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME, "--max-surge", "maybe"
+    )
     assert bad.returncode == 1 and "InvalidParameter" in bad.stderr, bad.stderr
 
     # The real upgrade; afterwards every instance is current and the preview says so.
@@ -156,6 +144,6 @@ def test_preview_then_upgrade(published: ServerProcess, compute: ComputeManageme
     latest = compute.virtual_machine_scale_set_rolling_upgrades.get_latest(GROUP, NAME)
     assert latest.running_status is not None and latest.running_status.code == "Completed"
     assert latest.progress is not None and latest.progress.successful_instance_count == 3
-    after = json.loads(ok(cli(published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME)))
+    after = json.loads(ok(run_cli(published, "vmss", "rolling-upgrade", "plan", "-g", GROUP, "-n", NAME)))
     assert (after["gate"]["verdict"], after["batches"]) == ("NothingToDo", [])
     assert [s["reason"] for s in after["skipped"]] == ["AlreadyCurrent"] * 4

@@ -18,29 +18,34 @@ every batch spends a second or two in its health wait, long enough to be caught 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineScaleSetVM
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import (
+    Made,
+    health_of,
+    made_in,
+    provisioned_at,
+    scale_set_vms,
+    serve_module,
+    wait_all_healthy,
+)
 from tests.support import (
-    EXAMPLE_IMAGES,
     ServerProcess,
     app_request,
-    dispose,
+    application_health,
     eventually,
+    guest_speed,
     instance_addresses,
-    new_data_dir,
+    publish_image,
     scale_set_body,
-    server_log_errors,
 )
 
 pytestmark = pytest.mark.e2e
@@ -59,123 +64,44 @@ PY
 sleep {sleep}
 """
 Json = dict[str, Any]
-# The Application Health extension probes 10x faster than on Azure, and the guest reports its status
-# every 0.25 s instead of every second (guest/init.py), so batches are judged sooner.
-GUEST_SPEED = {"SCALESET_APPHEALTH_TIME_SCALE": "10", "SCALESET_GUEST_STATUS_SECONDS": "0.25"}
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-durable-"), environment=GUEST_SPEED).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
-
-
-@dataclass
-class Made:
-    server: ServerProcess
-    compute: ComputeManagementClient
-    sets: list[str] = field(default_factory=list)
+    # The Application Health extension probes 10x faster than on Azure, and the guest reports its status
+    # every 0.25 s instead of every second (guest/init.py), so batches are judged sooner.
+    yield from serve_module("scaleset-durable-", GROUP, guest_speed(apphealth_time_scale=10))
 
 
 @pytest.fixture
 def made(server: ServerProcess, compute: ComputeManagementClient) -> Iterator[Made]:
-    record = Made(server, compute)
-    log_start = server.log_path.stat().st_size if server.log_path else 0
-    try:
+    with made_in(server, compute, GROUP, restart_killed_server=True) as record:
         yield record
-    finally:
-        if server.process is None or server.process.poll() is not None:
-            server.start()  # a test that failed between the kill and the restart
-        for name in record.sets:
-            with contextlib.suppress(ResourceNotFoundError):
-                compute.virtual_machine_scale_sets.begin_delete(GROUP, name).result()
-    assert not server_log_errors(server, log_start), server.log_path
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def application_health(grace_period: int) -> Json:
-    return {
-        "name": "health",
-        "properties": {
-            "publisher": "Microsoft.ManagedServices",
-            "type": "ApplicationHealthLinux",
-            "typeHandlerVersion": "2.0",
-            "settings": {
-                "protocol": "http",
-                "port": 8080,
-                "requestPath": "/health",
-                "intervalInSeconds": 5,
-                "numberOfProbes": 4,
-                "gracePeriod": grace_period,
-            },
-        },
-    }
-
-
 def create_set(
     made: Made, name: str, *, grace_period: int = 60, custom_data_sleep: float = 0, **policy: Any
 ) -> dict[str, VirtualMachineScaleSetVM]:
     """A Rolling set of CAPACITY instances on `scaleset:webapp:<name>:latest`, 1.0.0 published; healthy."""
-    response = made.server.publish(EXAMPLE_IMAGES / "webapp-1.0.0", sku=name, version="1.0.0")
-    assert response.status_code == 201, response.text
+    publish_image(made.server, "webapp-1.0.0", sku=name, version="1.0.0")
     body = scale_set_body(
         CAPACITY,
         version="latest",
-        extensions=[application_health(grace_period)],
+        extensions=[application_health(grace_period, number_of_probes=4)],
         custom_data=CUSTOM_DATA.format(sleep=custom_data_sleep),
         upgradePolicy={"mode": "Rolling", "rollingUpgradePolicy": policy},
     )
     body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["sku"] = name
     made.sets.append(name)
     made.compute.virtual_machine_scale_sets.begin_create_or_update(GROUP, name, body).result()
-    return wait_all_healthy(made.compute, name)
-
-
-def vms(compute: ComputeManagementClient, name: str) -> dict[str, VirtualMachineScaleSetVM]:
-    listed = compute.virtual_machine_scale_set_vms.list(GROUP, name, expand="instanceView")
-    return {str(vm.instance_id): vm for vm in listed}
-
-
-def health_of(vm: VirtualMachineScaleSetVM) -> str | None:
-    health = vm.instance_view.vm_health
-    return health.status.code if health is not None and health.status is not None else None
-
-
-def wait_all_healthy(
-    compute: ComputeManagementClient, name: str, timeout: float = 60
-) -> dict[str, VirtualMachineScaleSetVM]:
-    def check() -> dict[str, VirtualMachineScaleSetVM] | None:
-        found = vms(compute, name)
-        healthy = len(found) == CAPACITY and all(
-            health_of(vm) == "HealthState/healthy" for vm in found.values()
-        )
-        return found if healthy else None
-
-    result: dict[str, VirtualMachineScaleSetVM] = eventually(check, timeout, what=f"{name} healthy")
-    return result
+    return wait_all_healthy(made.compute, GROUP, name, CAPACITY)
 
 
 def generation(vm: VirtualMachineScaleSetVM) -> int:
     name: str = vm.instance_view.disks[0].name
     assert vm.storage_profile.os_disk.name == name
     return int(name.rsplit("_OsDisk_", 1)[1])
-
-
-def provisioned_at(vm: VirtualMachineScaleSetVM) -> datetime:
-    status = vm.instance_view.statuses[0]
-    assert status.code == "ProvisioningState/succeeded", status
-    moment: datetime = status.time
-    return moment
 
 
 def os_disks_provisioned(server: ServerProcess, name: str) -> dict[str, int]:
@@ -216,8 +142,7 @@ class StartOnly(ARMPolling):
 def start_upgrade(made: Made, name: str, image: str, version: str) -> tuple[str, datetime]:
     """Publish the new image, start the OS upgrade without waiting; the operation's continuation token
     and the run's start time."""
-    response = made.server.publish(EXAMPLE_IMAGES / image, sku=name, version=version)
-    assert response.status_code == 201, response.text
+    publish_image(made.server, image, sku=name, version=version)
     poller = made.compute.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(
         GROUP, name, polling=StartOnly()
     )
@@ -245,7 +170,7 @@ def right_away(compute: ComputeManagementClient, name: str) -> str:
 
 def while_reimaging(compute: ComputeManagementClient, name: str) -> str:
     def reimaging() -> str | None:
-        for instance_id, vm in vms(compute, name).items():
+        for instance_id, vm in scale_set_vms(compute, GROUP, name).items():
             if vm.instance_view.statuses[0].code == "ProvisioningState/updating":
                 return f"instance {instance_id} being reimaged"
         return None
@@ -259,7 +184,7 @@ def during_health_wait(compute: ComputeManagementClient, name: str) -> str:
         code, counts = progress_of(compute, name)
         if code != "RollingForward" or counts["inProgress"] == 0:
             return None
-        for instance_id, vm in vms(compute, name).items():
+        for instance_id, vm in scale_set_vms(compute, GROUP, name).items():
             fresh = generation(vm) == 2 and vm.instance_view.statuses[0].code == "ProvisioningState/succeeded"
             if fresh and health_of(vm) != "HealthState/healthy":
                 return f"instance {instance_id} reimaged, {health_of(vm)}, {counts}"
@@ -313,7 +238,7 @@ def test_a_killed_server_resumes_the_upgrade(
         "Completed",
         {"successful": CAPACITY, "failed": 0, "inProgress": 0, "pending": 0},
     ), seen
-    after = wait_all_healthy(compute, name)
+    after = wait_all_healthy(compute, GROUP, name, CAPACITY)
     assert {i: (generation(vm), vm.instance_view.os_version) for i, vm in after.items()} == {
         str(i): (2, "1.1.0") for i in range(CAPACITY)
     }, seen
@@ -344,7 +269,8 @@ def test_a_server_killed_during_rollback_finishes_it(
     assert status.error.code == UNHEALTHY_UPGRADED
     code, counts = progress_of(compute, name)
     assert (code, counts["successful"], counts["failed"], counts["inProgress"]) == ("Faulted", 0, 1, 0)
-    after = wait_all_healthy(compute, name)  # instance 0 is healthy again on its previous OS disk
+    # instance 0 is healthy again on its previous OS disk
+    after = wait_all_healthy(compute, GROUP, name, CAPACITY)
     assert {i: (generation(vm), vm.instance_view.os_version) for i, vm in after.items()} == {
         str(i): (1, "1.0.0") for i in range(CAPACITY)
     }

@@ -11,119 +11,55 @@ load-balancer probe, so only the healthy 10-instance upgrade uses a load-balance
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import RollingUpgradeStatusInfo, VirtualMachineScaleSetVM
 
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import (
+    Made,
+    made_in,
+    provisioned_at,
+    scale_set_vms,
+    serve_module,
+    wait_all_healthy,
+)
 from tests.support import (
-    EXAMPLE_IMAGES,
     ServerProcess,
     app_request,
-    dispose,
+    application_health,
     eventually,
+    guest_speed,
     instance_addresses,
-    new_data_dir,
+    publish_image,
+    put_health_probe,
     scale_set_body,
-    server_log_errors,
 )
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-rolling"
-NETWORK_API = {"api-version": "2024-05-01"}
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 Json = dict[str, Any]
-# The Application Health extension probes 100x faster than on Azure, and the guest reports its status
-# every 0.25 s instead of every second (guest/init.py), so batches are judged sooner.
-GUEST_SPEED = {"SCALESET_APPHEALTH_TIME_SCALE": "100", "SCALESET_GUEST_STATUS_SECONDS": "0.25"}
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-rolling-"), environment=GUEST_SPEED).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
-
-
-@dataclass
-class Made:
-    """What a test created, removed at its end whatever happened (sets first: they hold the probes)."""
-
-    server: ServerProcess
-    compute: ComputeManagementClient
-    sets: list[str] = field(default_factory=list)
-    load_balancers: list[str] = field(default_factory=list)
-
-    def remove(self) -> None:
-        for name in self.sets:
-            with contextlib.suppress(ResourceNotFoundError):
-                self.compute.virtual_machine_scale_sets.begin_delete(GROUP, name).result()
-        with self.server.client() as client:
-            for name in self.load_balancers:
-                client.delete(lb_path(self.server, name), params=NETWORK_API)
+    # The Application Health extension probes 100x faster than on Azure, and the guest reports its status
+    # every 0.25 s instead of every second (guest/init.py), so batches are judged sooner.
+    yield from serve_module("scaleset-rolling-", GROUP, guest_speed(apphealth_time_scale=100))
 
 
 @pytest.fixture
 def made(server: ServerProcess, compute: ComputeManagementClient) -> Iterator[Made]:
-    record = Made(server, compute)
-    log_start = server.log_path.stat().st_size if server.log_path else 0
-    try:
+    with made_in(server, compute, GROUP) as record:
         yield record
-    finally:
-        record.remove()
-    assert not server_log_errors(server, log_start), server.log_path
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def lb_path(server: ServerProcess, name: str) -> str:
-    return (
-        f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Network/"
-        f"loadBalancers/{name}"
-    )
-
-
-def publish(server: ServerProcess, image: str, sku: str, version: str) -> None:
-    response = server.publish(EXAMPLE_IMAGES / image, sku=sku, version=version)
-    assert response.status_code == 201, response.text
-
-
-def application_health(grace_period: int, number_of_probes: int = 1) -> Json:
-    """The Application Health extension (rich states) on the webapp's /health (azure-api.md §4.5)."""
-    return {
-        "name": "health",
-        "properties": {
-            "publisher": "Microsoft.ManagedServices",
-            "type": "ApplicationHealthLinux",
-            "typeHandlerVersion": "2.0",
-            "settings": {
-                "protocol": "http",
-                "port": 8080,
-                "requestPath": "/health",
-                "intervalInSeconds": 5,
-                "numberOfProbes": number_of_probes,
-                "gracePeriod": grace_period,
-            },
-        },
-    }
-
-
 def rolling_set(
     capacity: int, sku: str, *, extensions: list[Json] | None = None, probe: str | None = None, **policy: Any
 ) -> Json:
@@ -146,41 +82,10 @@ def create(made: Made, name: str, body: Json) -> None:
     assert created.provisioning_state == "Succeeded"
 
 
-def vms(compute: ComputeManagementClient, name: str) -> dict[str, VirtualMachineScaleSetVM]:
-    listed = compute.virtual_machine_scale_set_vms.list(GROUP, name, expand="instanceView")
-    return {str(vm.instance_id): vm for vm in listed}
-
-
-def health_of(vm: VirtualMachineScaleSetVM) -> str | None:
-    health = vm.instance_view.vm_health
-    return health.status.code if health is not None and health.status is not None else None
-
-
-def wait_all_healthy(
-    compute: ComputeManagementClient, name: str, count: int, timeout: float = 60
-) -> dict[str, VirtualMachineScaleSetVM]:
-    def check() -> dict[str, VirtualMachineScaleSetVM] | None:
-        found = vms(compute, name)
-        healthy = len(found) == count and all(health_of(vm) == "HealthState/healthy" for vm in found.values())
-        return found if healthy else None
-
-    result: dict[str, VirtualMachineScaleSetVM] = eventually(
-        check, timeout, what=f"all {count} instances of {name} healthy"
-    )
-    return result
-
-
 def os_disk(vm: VirtualMachineScaleSetVM) -> str:
     name: str = vm.storage_profile.os_disk.name
     assert vm.instance_view.disks[0].name == name  # the instance view names the same disk
     return name
-
-
-def provisioned_at(vm: VirtualMachineScaleSetVM) -> datetime:
-    status = vm.instance_view.statuses[0]
-    assert status.code == "ProvisioningState/succeeded", status
-    moment: datetime = status.time
-    return moment
 
 
 def latest(compute: ComputeManagementClient, name: str) -> RollingUpgradeStatusInfo:
@@ -211,33 +116,16 @@ def test_os_upgrade_of_ten_instances_in_batches_of_two(
     image two at a time, one update domain after the other, each batch healthy before the next; data disks
     survive, OS disks are new."""
     sku, name, lb = "ten", "ten", "lb-ten"
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
-    probe = {
-        "name": "health",
-        "properties": {
-            "protocol": "Http",
-            "port": 8080,
-            "requestPath": "/health",
-            "intervalInSeconds": 5,
-            "numberOfProbes": 1,
-        },
-    }
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     made.load_balancers.append(lb)
-    with server.client() as client:
-        response = client.put(
-            lb_path(server, lb),
-            params=NETWORK_API,
-            json={"location": "eastus", "properties": {"probes": [probe]}},
-        )
-    assert response.status_code == 201, response.text
-    probe_id = response.json()["properties"]["probes"][0]["id"]
+    probe_id = put_health_probe(server, GROUP, lb)
     create(made, name, rolling_set(10, sku, probe=probe_id, maxBatchInstancePercent=20))
-    before = wait_all_healthy(compute, name, 10)
+    before = wait_all_healthy(compute, GROUP, name, 10)
     assert {vm.instance_view.os_version for vm in before.values()} == {"1.0.0"}
     addresses = instance_addresses(server, GROUP, name)
     write_files(addresses, "/files/data/0/keep.txt")
     write_files(addresses, "/files/os/gone.txt")
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
 
     poller = compute.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(GROUP, name)
     seen: list[dict[str, int]] = []
@@ -246,7 +134,7 @@ def test_os_upgrade_of_ten_instances_in_batches_of_two(
         time.sleep(0.2)
     poller.result()
 
-    after = vms(compute, name)
+    after = scale_set_vms(compute, GROUP, name)
     assert sorted(after, key=int) == [str(i) for i in range(10)]
     for instance_id, vm in after.items():
         assert vm.instance_view.os_version == "1.1.0", instance_id
@@ -284,7 +172,7 @@ def test_never_healthy_image_faults_and_rolls_the_first_batch_back(
     again, the other eight are never touched."""
     sku, name = "broken", "broken"
     grace = 10  # the control plane waits this long (real seconds) for the batch to become healthy
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     body = rolling_set(
         10,
         sku,
@@ -293,11 +181,11 @@ def test_never_healthy_image_faults_and_rolls_the_first_batch_back(
         rollbackFailedInstancesOnPolicyBreach=True,
     )
     create(made, name, body)
-    before = wait_all_healthy(compute, name, 10)
+    before = wait_all_healthy(compute, GROUP, name, 10)
     addresses = instance_addresses(server, GROUP, name)
     # A file on every OS disk: a reimage would lose it, the previous OS disk brings it back.
     write_files(addresses, "/files/os/marker.txt")
-    publish(server, "webapp-broken-2.0.0", sku, "2.0.0")
+    publish_image(server, "webapp-broken-2.0.0", sku=sku, version="2.0.0")
 
     started = time.monotonic()
     with pytest.raises(HttpResponseError) as failed:
@@ -314,7 +202,7 @@ def test_never_healthy_image_faults_and_rolls_the_first_batch_back(
 
     first_batch = {i for i, vm in before.items() if vm.instance_view.platform_update_domain == 0}
     assert first_batch == {"0", "5"}  # update domain 0 goes first (domain/batches.py)
-    after = wait_all_healthy(compute, name, 10)  # the rolled-back two are healthy again
+    after = wait_all_healthy(compute, GROUP, name, 10)  # the rolled-back two are healthy again
     for instance_id, vm in after.items():
         assert vm.instance_view.os_version == "1.0.0", instance_id
         assert vm.storage_profile.image_reference.exact_version == "1.0.0", instance_id
@@ -334,9 +222,9 @@ def test_one_upgrade_at_a_time_and_cancel_needs_one(
     409 OperationNotAllowed."""
     sku, name = "conflict", "conflict"
     upgrades = compute.virtual_machine_scale_set_rolling_upgrades
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     create(made, name, rolling_set(3, sku, extensions=[application_health(30)]))
-    wait_all_healthy(compute, name, 3)
+    wait_all_healthy(compute, GROUP, name, 3)
 
     def refused(call: Any) -> HttpResponseError:
         with pytest.raises(HttpResponseError) as error:
@@ -346,7 +234,7 @@ def test_one_upgrade_at_a_time_and_cancel_needs_one(
         return error.value
 
     refused(lambda: upgrades.begin_cancel(GROUP, name).result())  # no upgrade ever ran
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
     poller = upgrades.begin_start_os_upgrade(GROUP, name)
     refused(lambda: upgrades.begin_start_os_upgrade(GROUP, name))
     poller.result()
@@ -364,14 +252,14 @@ def test_cancel_stops_after_the_first_batch(
     ends Cancelled; no later batch starts."""
     sku, name = "cancel", "cancel"
     upgrades = compute.virtual_machine_scale_set_rolling_upgrades
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     # A batch takes a while: the extension wants 24 healthy answers in a row (2.4 s here) before it
     # leaves Initializing. The pause is only a safety net should the cancel come after the first batch.
     health = application_health(60, number_of_probes=24)
     health["properties"]["settings"]["intervalInSeconds"] = 10
     create(made, name, rolling_set(4, sku, extensions=[health], pauseTimeBetweenBatches="PT5S"))
-    before = wait_all_healthy(compute, name, 4)
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    before = wait_all_healthy(compute, GROUP, name, 4)
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
 
     poller = upgrades.begin_start_os_upgrade(GROUP, name)
     eventually(
@@ -387,7 +275,7 @@ def test_cancel_stops_after_the_first_batch(
     assert status.error is None
     counts = progress(status)
     assert (counts["successful"], counts["failed"], counts["inProgress"]) == (1, 0, 0), counts
-    after = vms(compute, name)
+    after = scale_set_vms(compute, GROUP, name)
     upgraded = sorted(i for i, vm in after.items() if vm.instance_view.os_version == "1.1.0")
     assert upgraded == ["0"]  # 4 instances: one per batch, update domain 0 first
     for instance_id, vm in after.items():
@@ -408,12 +296,12 @@ def test_cancel_during_the_pause_between_batches_ends_the_run_at_once(
     to wait for: the run ends Cancelled now, not when the pause is over."""
     sku, name = "pause", "pause"
     upgrades = compute.virtual_machine_scale_set_rolling_upgrades
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     create(
         made, name, rolling_set(2, sku, extensions=[application_health(30)], pauseTimeBetweenBatches="PT1M")
     )
-    wait_all_healthy(compute, name, 2)
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    wait_all_healthy(compute, GROUP, name, 2)
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
 
     poller = upgrades.begin_start_os_upgrade(GROUP, name)
     eventually(
@@ -433,6 +321,6 @@ def test_cancel_during_the_pause_between_batches_ends_the_run_at_once(
     status = latest(compute, name)
     assert status.running_status.code == "Cancelled"
     assert progress(status) == {"successful": 1, "failed": 0, "inProgress": 0, "pending": 0}
-    assert sorted(i for i, vm in vms(compute, name).items() if vm.instance_view.os_version == "1.1.0") == [
-        "0"
-    ]
+    assert sorted(
+        i for i, vm in scale_set_vms(compute, GROUP, name).items() if vm.instance_view.os_version == "1.1.0"
+    ) == ["0"]

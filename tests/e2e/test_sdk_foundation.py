@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 
 from tests.e2e.conftest import compute_client, resource_client
-from tests.support import ServerProcess
+from tests.support import ServerProcess, processes_under
 from tests.support import scale_set_body as support_body
 
 pytestmark = pytest.mark.e2e
@@ -272,19 +271,7 @@ def test_deleting_the_group_leaves_no_process_or_directory(
         compute.virtual_machine_scale_sets.get(GROUP, SET)
     instances_root = published.data_dir / "instances"
     assert not instances_root.exists() or list(instances_root.iterdir()) == []
-    assert _processes_under(instances_root) == []
-
-
-def _processes_under(root: Path) -> list[int]:
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        try:
-            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
-        except (psutil.Error, TypeError):
-            continue
-        if str(root) in text:
-            found.append(process.info["pid"])
-    return found
+    assert processes_under(instances_root) == []
 
 
 def test_sdk_sees_arm_errors(compute: ComputeManagementClient) -> None:

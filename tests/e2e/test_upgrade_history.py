@@ -10,8 +10,6 @@ server is restarted on the same data directory and the history is still there.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -19,18 +17,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import UpgradeOperationHistoricalStatusInfo
 
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import compute_client, delete_sets, serve_module
 from tests.support import (
-    EXAMPLE_IMAGES,
     REPO,
     ServerProcess,
-    dispose,
+    application_health,
     eventually,
-    new_data_dir,
+    guest_speed,
+    publish_image,
+    run_cli,
     scale_set_body,
     server_log_errors,
 )
@@ -41,35 +40,24 @@ NAME = "web"
 SKU = "history"
 GRACE = 10  # seconds the control plane waits for a batch to become healthy (the extension's gracePeriod)
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
-# The Application Health extension probes 100x faster than on Azure; the guest reports every 0.25 s.
-GUEST_SPEED = {"SCALESET_APPHEALTH_TIME_SCALE": "100", "SCALESET_GUEST_STATUS_SECONDS": "0.25"}
 Json = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        new_data_dir("scaleset-history-"), extra_args=("--page-size", "1"), environment=GUEST_SPEED
-    ).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        if process.process is not None and process.process.poll() is None:
-            with contextlib.suppress(ResourceNotFoundError):
-                compute_client(process).virtual_machine_scale_sets.begin_delete(GROUP, NAME).result()
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
+    yield from serve_module(
+        "scaleset-history-",
+        GROUP,
+        guest_speed(apphealth_time_scale=100),
+        extra_args=("--page-size", "1"),
+        before_stop=delete_the_set,
+    )
 
 
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
-
-
-def publish(server: ServerProcess, image: str, version: str) -> None:
-    response = server.publish(EXAMPLE_IMAGES / image, sku=SKU, version=version)
-    assert response.status_code == 201, response.text
+def delete_the_set(server: ServerProcess) -> None:
+    """Delete the module's set while its server still runs (a failed test may leave it)."""
+    if server.process is not None and server.process.poll() is None:
+        delete_sets(compute_client(server), GROUP, [NAME])
 
 
 def rolling_set_with_health_extension() -> Json:
@@ -78,24 +66,7 @@ def rolling_set_with_health_extension() -> Json:
     body = scale_set_body(
         2,
         version="latest",
-        extensions=[
-            {
-                "name": "health",
-                "properties": {
-                    "publisher": "Microsoft.ManagedServices",
-                    "type": "ApplicationHealthLinux",
-                    "typeHandlerVersion": "2.0",
-                    "settings": {
-                        "protocol": "http",
-                        "port": 8080,
-                        "requestPath": "/health",
-                        "intervalInSeconds": 5,
-                        "numberOfProbes": 1,
-                        "gracePeriod": GRACE,
-                    },
-                },
-            }
-        ],
+        extensions=[application_health(GRACE)],
         upgradePolicy={
             "mode": "Rolling",
             "rollingUpgradePolicy": {"rollbackFailedInstancesOnPolicyBreach": True},
@@ -171,7 +142,7 @@ EXPECTED = [
 def upgraded(server: ServerProcess, compute: ComputeManagementClient) -> ServerProcess:
     """The set after its two OS upgrades: 1.0.0 → 1.1.0 (Completed), → 2.0.0 (Faulted, rolled back)."""
     log_start = server.log_path.stat().st_size if server.log_path else 0
-    publish(server, "webapp-1.0.0", "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=SKU, version="1.0.0")
     body: Any = rolling_set_with_health_extension()  # the SDK takes the wire JSON as it is
     created = compute.virtual_machine_scale_sets.begin_create_or_update(GROUP, NAME, body).result()
     assert created.provisioning_state == "Succeeded"
@@ -179,9 +150,9 @@ def upgraded(server: ServerProcess, compute: ComputeManagementClient) -> ServerP
     assert history(compute) == []  # creating the set is no upgrade
 
     upgrades = compute.virtual_machine_scale_set_rolling_upgrades
-    publish(server, "webapp-1.1.0", "1.1.0")
+    publish_image(server, "webapp-1.1.0", sku=SKU, version="1.1.0")
     upgrades.begin_start_os_upgrade(GROUP, NAME).result()
-    publish(server, "webapp-broken-2.0.0", "2.0.0")
+    publish_image(server, "webapp-broken-2.0.0", sku=SKU, version="2.0.0")
     with pytest.raises(HttpResponseError) as failed:
         upgrades.begin_start_os_upgrade(GROUP, NAME).result()
     assert failed.value.error is not None and failed.value.error.code == UNHEALTHY_UPGRADED
@@ -227,15 +198,7 @@ def test_one_entry_a_page_with_a_next_link(upgraded: ServerProcess) -> None:
 
 # ------------------------------------------------------------------------------------------- the CLI
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scaleset.cli.main", *args],
-        env={**os.environ, **server.env, "SCALESET_SUBSCRIPTION": server.subscription},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(server, *args, timeout=120, env={"SCALESET_SUBSCRIPTION": server.subscription})
 
 
 def table_rows(text: str) -> list[dict[str, str]]:

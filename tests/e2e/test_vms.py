@@ -11,28 +11,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 
-from tests.e2e.conftest import compute_client, resource_client
-from tests.support import EXAMPLE_IMAGES, REPO, ServerProcess, app_request, dispose, eventually, new_data_dir
+from tests.e2e.conftest import resource_client, serve_module
+from tests.support import REPO, ServerProcess, app_request, custom_script_writing, eventually, processes_under
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-vms"
 AVAILABILITY_SET = "web-as"
 VMS = ("web0", "web1", "web2")
-SCRIPT = {
-    "publisher": "Microsoft.Azure.Extensions",
-    "type": "CustomScript",
-    "typeHandlerVersion": "2.1",
-    "settings": {},
-    "protectedSettings": {
-        "commandToExecute": 'mkdir -p "$SCALESET_OS_DISK/files" && '
-        'echo vm-ok > "$SCALESET_OS_DISK/files/cse.txt"'
-    },
-}
+SCRIPT = custom_script_writing("vm-ok")
 
 
 def availability_set_id(server: ServerProcess, name: str = AVAILABILITY_SET) -> str:
@@ -68,19 +58,7 @@ def vm_body(name: str, availability_set: str | None = None, **properties: Any) -
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-vms-")).start()
-    try:
-        assert process.publish(EXAMPLE_IMAGES / "webapp-1.0.0", version="1.0.0").status_code == 201
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, leftovers
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
+    yield from serve_module("scaleset-vms-", GROUP, webapp_versions=("1.0.0",))
 
 
 def address_of(server: ServerProcess, vm: str) -> str:
@@ -270,21 +248,9 @@ def test_delete_leaves_no_process(server: ServerProcess, compute: ComputeManagem
     eventually(
         lambda: not instances.exists() or not list(instances.iterdir()), what="instance folders removed"
     )
-    assert _processes_under(instances) == []
+    assert processes_under(instances) == []
     compute.availability_sets.delete(GROUP, AVAILABILITY_SET)
     assert list(compute.availability_sets.list(GROUP)) == []
-
-
-def _processes_under(root: Any) -> list[int]:
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        try:
-            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
-        except (psutil.Error, TypeError):
-            continue
-        if str(root) in text:
-            found.append(process.info["pid"])
-    return found
 
 
 def test_deleting_the_group_takes_its_vms_and_availability_sets(
@@ -303,7 +269,7 @@ def test_deleting_the_group_takes_its_vms_and_availability_sets(
         compute.virtual_machines.get(group, "solo")
     assert [vm.name for vm in compute.virtual_machines.list_all()] == []
     assert [s.name for s in compute.availability_sets.list_by_subscription()] == []
-    assert _processes_under(server.data_dir / "instances") == []
+    assert processes_under(server.data_dir / "instances") == []
 
 
 def test_docs_example_runs_as_written(server: ServerProcess) -> None:

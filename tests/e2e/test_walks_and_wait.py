@@ -10,33 +10,36 @@ webapp's /health, probed 100 times faster than on Azure; the control plane waits
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineScaleSetVM
 
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import (
+    made_in,
+    provisioned_at,
+    scale_set_vms,
+    serve_module,
+    wait_all_healthy,
+)
 from tests.support import (
-    EXAMPLE_IMAGES,
     ServerProcess,
-    dispose,
+    application_health,
     eventually,
-    new_data_dir,
+    guest_speed,
+    publish_image,
+    run_cli,
     scale_set_body,
-    server_log_errors,
+    set_path,
 )
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-walks"
-GUEST_SPEED = {"SCALESET_APPHEALTH_TIME_SCALE": "100", "SCALESET_GUEST_STATUS_SECONDS": "0.25"}
 GRACE_SECONDS = 10
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 # cli/progress.py ExitCode
@@ -47,75 +50,26 @@ Json = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-walks-"), environment=GUEST_SPEED).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
+    yield from serve_module("scaleset-walks-", GROUP, guest_speed(apphealth_time_scale=100))
 
 
 @pytest.fixture
 def sets(server: ServerProcess, compute: ComputeManagementClient) -> Iterator[list[str]]:
     """The sets a test made, deleted at its end whatever happened; the server logged no error."""
-    made: list[str] = []
-    log_start = server.log_path.stat().st_size if server.log_path else 0
-    try:
-        yield made
-    finally:
-        for name in made:
-            with contextlib.suppress(ResourceNotFoundError):
-                compute.virtual_machine_scale_sets.begin_delete(GROUP, name).result()
-    assert not server_log_errors(server, log_start), server.log_path
+    with made_in(server, compute, GROUP) as made:
+        yield made.sets
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scaleset.cli.main", *args],
-        env=server.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
-def publish(server: ServerProcess, image: str, sku: str, version: str) -> None:
-    response = server.publish(EXAMPLE_IMAGES / image, sku=sku, version=version)
-    assert response.status_code == 201, response.text
-
-
 def manual_set(capacity: int, sku: str, version: str) -> Json:
     """A Manual set on `scaleset:webapp:<sku>:<version>`, healthy when its webapp's /health says so."""
-    health = {
-        "name": "health",
-        "properties": {
-            "publisher": "Microsoft.ManagedServices",
-            "type": "ApplicationHealthLinux",
-            "typeHandlerVersion": "2.0",
-            "settings": {
-                "protocol": "http",
-                "port": 8080,
-                "requestPath": "/health",
-                "intervalInSeconds": 5,
-                "numberOfProbes": 1,
-                "gracePeriod": GRACE_SECONDS,
-            },
-        },
-    }
-    body = scale_set_body(capacity, version=version, data_disk=False, extensions=[health])
+    body = scale_set_body(
+        capacity, version=version, data_disk=False, extensions=[application_health(GRACE_SECONDS)]
+    )
     body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["sku"] = sku
     return body
 
@@ -125,43 +79,13 @@ def put_set(compute: ComputeManagementClient, name: str, body: Json) -> None:
     assert done.provisioning_state == "Succeeded"
 
 
-def vms(compute: ComputeManagementClient, name: str) -> dict[str, VirtualMachineScaleSetVM]:
-    listed = compute.virtual_machine_scale_set_vms.list(GROUP, name, expand="instanceView")
-    return {str(vm.instance_id): vm for vm in listed}
-
-
-def wait_all_healthy(compute: ComputeManagementClient, name: str, count: int) -> dict[str, Any]:
-    def check() -> dict[str, VirtualMachineScaleSetVM] | None:
-        found = vms(compute, name)
-        healthy = len(found) == count and all(
-            vm.instance_view.vm_health is not None
-            and vm.instance_view.vm_health.status.code == "HealthState/healthy"
-            for vm in found.values()
-        )
-        return found if healthy else None
-
-    found: dict[str, Any] = eventually(check, 90, what=f"all {count} instances of {name} healthy")
-    return found
-
-
-def provisioned_at(vm: VirtualMachineScaleSetVM) -> datetime:
-    status = vm.instance_view.statuses[0]
-    assert status.code == "ProvisioningState/succeeded", status
-    moment: datetime = status.time
-    return moment
-
-
 def os_version(vm: VirtualMachineScaleSetVM) -> str:
     return str(vm.storage_profile.image_reference.exact_version)
 
 
 def api_get(server: ServerProcess, name: str, *parts: str) -> Any:
-    path = (
-        f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
-        f"virtualMachineScaleSets/{name}/" + "/".join(parts)
-    )
     with server.client() as client:
-        response = client.get(path, params={"api-version": "2026-04-01"})
+        response = client.get(set_path(server, GROUP, name, *parts), params={"api-version": "2026-04-01"})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -198,35 +122,35 @@ def test_one_domain_by_hand_then_a_walk_over_the_rest(
     by hand touches only instance 4; the walk then takes domain 0, then domain 1 — each domain done and
     healthy before the next starts — skips the current domain 4 and exits 0."""
     name, sku = "walk", "walk"
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     sets.append(name)
     # Six instances fill update domains 0–4 and then 0 again; deleting 2 and 3 leaves 0, 1, 4 and 5.
     put_set(compute, name, manual_set(6, sku, "1.0.0"))
     compute.virtual_machine_scale_sets.begin_delete_instances(
         GROUP, name, {"instanceIds": ["2", "3"]}
     ).result()
-    before = wait_all_healthy(compute, name, 4)
+    before = wait_all_healthy(compute, GROUP, name, 4, timeout=90)
     assert {i: vm.instance_view.platform_update_domain for i, vm in before.items()} == {
         "0": 0,
         "1": 1,
         "4": 4,
         "5": 0,
     }
-    listed = cli(server, "vmss", "list-update-domains", "-g", GROUP, "-n", name, "-o", "tsv")
+    listed = run_cli(server, "vmss", "list-update-domains", "-g", GROUP, "-n", name, "-o", "tsv")
     assert listed.returncode == 0, describe(listed)
     assert [line.split("\t")[:2] for line in listed.stdout.splitlines()] == [
         ["0", "0, 5"],
         ["1", "1"],
         ["4", "4"],
     ]
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
     put_set(compute, name, manual_set(4, sku, "1.1.0"))  # Manual: no instance moves by itself
 
     # An empty or impossible update domain is refused before anything starts.
-    empty = cli(server, "vmss", "update-instances", "-g", GROUP, "-n", name, "--update-domain", "3")
+    empty = run_cli(server, "vmss", "update-instances", "-g", GROUP, "-n", name, "--update-domain", "3")
     assert empty.returncode == EXIT_NOT_STARTED, describe(empty)
     assert "UpdateDomainNotFound" in empty.stderr
-    both = cli(
+    both = run_cli(
         server,
         "vmss",
         "update-instances",
@@ -241,33 +165,33 @@ def test_one_domain_by_hand_then_a_walk_over_the_rest(
     )
     assert both.returncode == EXIT_USAGE, describe(both)
 
-    by_hand = cli(server, "vmss", "update-instances", "-g", GROUP, "-n", name, "--update-domain", "4")
+    by_hand = run_cli(server, "vmss", "update-instances", "-g", GROUP, "-n", name, "--update-domain", "4")
     assert by_hand.returncode == EXIT_COMPLETED, describe(by_hand)
     assert by_hand.stdout.splitlines()[-1].startswith("Completed: 4=Succeeded"), by_hand.stdout
-    after_hand = vms(compute, name)
+    after_hand = scale_set_vms(compute, GROUP, name)
     assert {i for i, vm in after_hand.items() if vm.latest_model_applied} == {"4"}
     assert {i for i, vm in after_hand.items() if os_version(vm) == "1.1.0"} == {"4"}
     for instance_id in ("0", "1", "5"):
         assert provisioned_at(after_hand[instance_id]) == provisioned_at(before[instance_id])
 
-    walked = cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", name)
+    walked = run_cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", name)
 
     assert walked.returncode == EXIT_COMPLETED, describe(walked)
     assert walked.stdout.splitlines()[-1] == "Completed: 3 succeeded, 0 failed, 0 in progress, 0 pending"
     assert domains_in_lines(walked.stdout) in ([0, 1], [1], [0]), walked.stdout  # polls may miss one
     assert batches(server, name) == [(1, 0, ["0", "5"], {"succeeded"}), (2, 1, ["1"], {"succeeded"})]
-    after = vms(compute, name)
+    after = scale_set_vms(compute, GROUP, name)
     assert {os_version(vm) for vm in after.values()} == {"1.1.0"}
     assert all(vm.latest_model_applied for vm in after.values())
     # Domain 0's two reimages both finished before domain 1's did (it waited for their health).
     assert max(provisioned_at(after[i]) for i in ("0", "5")) < provisioned_at(after["1"])
     assert provisioned_at(after["4"]) == provisioned_at(after_hand["4"])  # already current: skipped
 
-    table = cli(server, "vmss", "rolling-upgrade", "get-latest", "-g", GROUP, "-n", name, "-o", "table")
+    table = run_cli(server, "vmss", "rolling-upgrade", "get-latest", "-g", GROUP, "-n", name, "-o", "table")
     assert table.returncode == 0, describe(table)
     assert "Completed" in table.stdout and "walk" in table.stdout, table.stdout
 
-    again = cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", "no-such-set")
+    again = run_cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", "no-such-set")
     assert again.returncode == EXIT_NOT_STARTED, describe(again)
     assert "ResourceNotFound" in again.stderr
 
@@ -278,15 +202,15 @@ def test_a_walk_onto_a_broken_image_stops_after_the_first_domain(
     """The new image is never healthy: the walk upgrades domain 0, waits its grace period, stops Faulted
     with Azure's code and exit code 3; domains 1–3 are never touched."""
     name, sku = "walkbroken", "walkbroken"
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     sets.append(name)
     put_set(compute, name, manual_set(4, sku, "1.0.0"))
-    before = wait_all_healthy(compute, name, 4)
+    before = wait_all_healthy(compute, GROUP, name, 4, timeout=90)
     assert sorted(vm.instance_view.platform_update_domain for vm in before.values()) == [0, 1, 2, 3]
-    publish(server, "webapp-broken-2.0.0", sku, "2.0.0")
+    publish_image(server, "webapp-broken-2.0.0", sku=sku, version="2.0.0")
     put_set(compute, name, manual_set(4, sku, "2.0.0"))
 
-    walked = cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", name)
+    walked = run_cli(server, "vmss", "upgrade-domain-walk", "-g", GROUP, "-n", name)
 
     assert walked.returncode == EXIT_FAULTED, describe(walked)
     last = walked.stdout.splitlines()[-1]
@@ -296,7 +220,7 @@ def test_a_walk_onto_a_broken_image_stops_after_the_first_domain(
     latest = api_get(server, name, "rollingUpgrades", "latest")["properties"]
     assert latest["runningStatus"]["code"] == "Faulted"
     assert latest["policy"]["maxUnhealthyUpgradedInstancePercent"] == 0
-    after = vms(compute, name)
+    after = scale_set_vms(compute, GROUP, name)
     assert os_version(after["0"]) == "2.0.0"
     for instance_id in ("1", "2", "3"):
         assert os_version(after[instance_id]) == "1.0.0"
@@ -309,12 +233,12 @@ def test_a_walk_cancelled_between_domains_exits_5(
     """The set's pauseTimeBetweenBatches holds the walk after domain 0; a cancel then ends it at once
     (Cancelled), and the waiting CLI exits 5 with domain 1 untouched."""
     name, sku = "walkcancel", "walkcancel"
-    publish(server, "webapp-1.0.0", sku, "1.0.0")
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
     sets.append(name)
     paused = {"mode": "Manual", "rollingUpgradePolicy": {"pauseTimeBetweenBatches": "PT2M"}}
     put_set(compute, name, _with_policy(sku, "1.0.0", paused))
-    before = wait_all_healthy(compute, name, 2)
-    publish(server, "webapp-1.1.0", sku, "1.1.0")
+    before = wait_all_healthy(compute, GROUP, name, 2, timeout=90)
+    publish_image(server, "webapp-1.1.0", sku=sku, version="1.1.0")
     put_set(compute, name, _with_policy(sku, "1.1.0", paused))
 
     walking = subprocess.Popen(
@@ -327,7 +251,7 @@ def test_a_walk_cancelled_between_domains_exits_5(
     )
     try:
         eventually(lambda: domain_0_done(server, name), 60, 0.2, "domain 0 done, the walk pausing")
-        cancelled = cli(server, "vmss", "rolling-upgrade", "cancel", "-g", GROUP, "-n", name, "-o", "tsv")
+        cancelled = run_cli(server, "vmss", "rolling-upgrade", "cancel", "-g", GROUP, "-n", name, "-o", "tsv")
         assert cancelled.returncode == 0, describe(cancelled)
         assert cancelled.stdout.split("\t")[0] == "Cancelled", cancelled.stdout
         stdout, stderr = walking.communicate(timeout=60)
@@ -338,7 +262,7 @@ def test_a_walk_cancelled_between_domains_exits_5(
 
     assert walking.returncode == EXIT_CANCELLED, f"exit {walking.returncode}\n{stdout}\n{stderr}"
     assert stdout.splitlines()[-1] == "Cancelled: 1 succeeded, 0 failed, 0 in progress, 0 pending", stdout
-    after = vms(compute, name)
+    after = scale_set_vms(compute, GROUP, name)
     assert (os_version(after["0"]), os_version(after["1"])) == ("1.1.0", "1.0.0")
     assert provisioned_at(after["1"]) == provisioned_at(before["1"])
 
@@ -347,8 +271,7 @@ def domain_0_done(server: ServerProcess, name: str) -> bool:
     """Whether the walk exists (the CLI may not have started it yet) and its first domain succeeded."""
     with server.client() as client:
         response = client.get(
-            f"/subscriptions/{server.subscription}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
-            f"virtualMachineScaleSets/{name}/rollingUpgrades/latest/batches",
+            set_path(server, GROUP, name, "rollingUpgrades", "latest", "batches"),
             params={"api-version": "2026-04-01"},
         )
     return response.status_code == 200 and batches(server, name) == [(1, 0, ["0"], {"succeeded"})]

@@ -7,7 +7,6 @@ preview on the simulated fleet, followed by the real upgrade, whose batches must
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaleset.bootstrap import publish_builtin_extensions
 from scaleset.domain.batches import BatchPolicy, Candidate, Skipped
 from scaleset.domain.errors import ArmError
 from scaleset.domain.plan import (
@@ -47,20 +45,18 @@ from scaleset.domain.rolling import (
     plan_next_step,
 )
 from scaleset.engine.candidates import candidates_of
-from scaleset.providers.sim import SimProvider
 from scaleset.services.plan import PlanPreview, PlanService, policy_overrides
-from tests.fakes import FakeClock
-from tests.support import scale_set_body
-from tests.unit.test_rolling import (
+from tests.fleet import (
     BOOT_SECONDS,
     GROUP,
-    LOAD_BALANCER,
     NAME,
     PROBE_ID,
     SUB,
     Fleet,
-    make_container,
+    fleet_on_copy,
+    prepare_data,
 )
+from tests.support import scale_set_body
 
 FIVE_SECONDS_PROBE = HealthTiming(LOAD_BALANCER_PROBE, timedelta(seconds=5), timedelta(minutes=5))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -386,29 +382,12 @@ def test_policy_overrides_are_validated_like_a_put() -> None:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plan-prepared")
-    clock = FakeClock()
-    container = make_container(root / "data", SimProvider(clock), clock)
-    try:
-        Fleet(container, SimProvider(clock), clock, root).publish("1.0.0")
-        publish_builtin_extensions(container.extensions)
-        container.scalesets.put_group(SUB, GROUP, {"location": "eastus"})
-        container.loadbalancers.put(SUB, GROUP, "lb", LOAD_BALANCER)
-    finally:
-        container.close()
-    return root
+    return prepare_data(tmp_path_factory.mktemp("plan-prepared"))
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, prepared: Path) -> Iterator[Fleet]:
-    shutil.copytree(prepared / "data", tmp_path / "data")
-    clock = FakeClock()
-    sim = SimProvider(clock, boot_seconds=BOOT_SECONDS)
-    container = make_container(tmp_path / "data", sim, clock)
-    try:
-        yield Fleet(container, sim, clock, tmp_path)
-    finally:
-        container.close()
+    yield from fleet_on_copy(prepared, tmp_path)
 
 
 def zoned_body(capacity: int, custom_data: str = "echo v1", **rolling: Any) -> dict[str, Any]:

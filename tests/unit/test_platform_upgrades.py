@@ -1,7 +1,7 @@
 """Automatic OS image upgrades started by the platform, on the simulated fleet and virtual time
 (M-7, M-8, M-10, M-12; azure-api.md §2.2 AutomaticOSUpgradePolicy, §4.2).
 
-The services, the executor and the rolling loop run on a real database (`tests/unit/test_rolling.py`'s
+The services, the executor and the rolling loop run on a real database (`tests/fleet.py`'s
 `Fleet` drives them by hand); publishing goes through the catalog, so the platform hears of it as it does
 in the server. What is checked is what a user sees: which sets get a run, who started it, its batches,
 the images instances end on, and that a version rolled back on a set is never offered to it again by
@@ -11,8 +11,6 @@ itself.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,37 +18,28 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from scaleset.bootstrap import publish_builtin_extensions
-from scaleset.catalog.service import ImageCoordinates
 from scaleset.domain.errors import ArmError
 from scaleset.domain.rolling import UNHEALTHY_BEFORE, UNHEALTHY_UPGRADED
-from scaleset.providers.sim import Fault, SimProvider
+from scaleset.providers.sim import Fault
 from scaleset.services.platform import GATE_RETRY
 from scaleset.store.tables import RollingUpgrade, ScaleSet
-from tests.fakes import FakeClock
-from tests.support import scale_set_body
-from tests.unit.test_rolling import (
+from tests.fleet import (
     BOOT_SECONDS,
     GROUP,
-    LOAD_BALANCER,
-    MANIFEST,
     PROBE_ID,
     SUB,
     Fleet,
-    make_container,
+    fleet_on_copy,
+    prepare_data,
 )
+from tests.support import scale_set_body
 
 Json = dict[str, Any]
 AUTO_TARGET = "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
 
 
 def publish(fleet: Fleet, version: str, *, supported: bool = True, sku: str = "stable") -> None:
-    image_dir = fleet.root / f"image-{sku}-{version}"
-    image_dir.mkdir()
-    manifest = {**MANIFEST, "osVersion": version, "automaticOSUpgradeSupported": supported}
-    (image_dir / "scaleset-image.json").write_text(json.dumps(manifest))
-    (image_dir / "app.py").write_text("print('hello')\n")
-    fleet.container.catalog.publish(ImageCoordinates("eastus", "scaleset", "webapp", sku, version), image_dir)
+    fleet.publish(version, sku=sku, supported=supported)
 
 
 def auto_body(
@@ -73,29 +62,12 @@ def auto_body(
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("platform-prepared")
-    clock = FakeClock()
-    container = make_container(root / "data", SimProvider(clock), clock)
-    try:
-        publish(Fleet(container, SimProvider(clock), clock, root), "1.0.0")
-        publish_builtin_extensions(container.extensions)
-        container.scalesets.put_group(SUB, GROUP, {"location": "eastus"})
-        container.loadbalancers.put(SUB, GROUP, "lb", LOAD_BALANCER)
-    finally:
-        container.close()
-    return root
+    return prepare_data(tmp_path_factory.mktemp("platform-prepared"), supported=True)
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, prepared: Path) -> Iterator[Fleet]:
-    shutil.copytree(prepared / "data", tmp_path / "data")
-    clock = FakeClock()
-    sim = SimProvider(clock, boot_seconds=BOOT_SECONDS)
-    container = make_container(tmp_path / "data", sim, clock)
-    try:
-        yield Fleet(container, sim, clock, tmp_path)
-    finally:
-        container.close()
+    yield from fleet_on_copy(prepared, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """Update-domain walks and update-domain manual upgrades on the simulated fleet, time virtual (M-5, M-6,
 M-17; docs/update-domain-walks.md).
 
-The harness is tests/unit/test_rolling.py's: services, executor and the rolling loop on a real database,
+The harness is tests/fleet.py's: services, executor and the rolling loop on a real database,
 the engine driven pass by pass. A walk is a rolling-upgrade run of kind `walk`, so these tests check what
 a walk adds: one batch per update domain in domain order, every domain healthy before the next, the first
 failure stopping it, and whatever the set's upgrade mode.
@@ -9,6 +9,8 @@ failure stopping it, and whatever the set's upgrade mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,13 +31,19 @@ from scaleset.domain.rolling import UNHEALTHY_UPGRADED
 from scaleset.providers.sim import Fault
 from scaleset.services.walks import WalkService, parse_update_domain, update_domains, walk_policy
 from scaleset.store.tables import Instance
+from tests.fleet import BOOT_SECONDS, GROUP, NAME, PROBE_ID, SUB, Fleet, fleet_on_copy, prepare_data
 from tests.support import scale_set_body
-from tests.unit import test_rolling
-from tests.unit.test_rolling import BOOT_SECONDS, GROUP, NAME, PROBE_ID, SUB, Fleet
 
-# test_rolling.py's fixtures, by name: a prepared database copied for each test, the fleet on it.
-prepared = test_rolling.prepared
-fleet = test_rolling.fleet
+
+# A prepared database for the module, copied for each test; the fleet on it.
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_data(tmp_path_factory.mktemp("walks-prepared"))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, prepared: Path) -> Iterator[Fleet]:
+    yield from fleet_on_copy(prepared, tmp_path)
 
 
 def manual_body(capacity: int, version: str = "1.0.0", **properties: Any) -> dict[str, Any]:
@@ -87,6 +95,7 @@ def test_walk_policy_makes_a_batch_of_each_update_domain_and_stops_on_one_failur
         "prioritizeUnhealthyInstances": False,
         "enableCrossZoneUpgrade": False,
         "maxSurge": False,
+        "updateDomainFirst": True,
         "pauseTimeBetweenBatches": "PT30S",
         "rollbackFailedInstancesOnPolicyBreach": True,
     }
@@ -268,6 +277,8 @@ def test_a_zoned_walk_never_puts_two_zones_or_two_domains_in_one_batch(fleet: Fl
     places = [{(by_id[i].zone, by_id[i].update_domain) for i in batch} for batch in fleet.batches()]
     assert all(len(place) == 1 for place in places), places
     assert len(places) == 4
+    # Domain by domain across zones (updateDomainFirst): UD 0 in zone 1, then in zone 2, then UD 1.
+    assert [next(iter(place)) for place in places] == [("1", 0), ("2", 0), ("1", 1), ("2", 1)], places
     assert set(images(fleet).values()) == {"1.1.0"}
 
 
