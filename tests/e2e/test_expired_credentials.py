@@ -41,16 +41,16 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import RollingUpgradeStatusInfo, VirtualMachineScaleSetVM
 
 from tests.e2e.blob_server import AUTHENTICATION_FAILED, BlobServer
-from tests.e2e.conftest import compute_client, resource_client
+from tests.e2e.conftest import serve_module
 from tests.support import (
-    EXAMPLE_IMAGES,
     REPO,
     ServerProcess,
     app_request,
-    dispose,
+    application_health,
     eventually,
+    guest_speed,
     instance_addresses,
-    new_data_dir,
+    publish_image,
     scale_set_body,
     server_log_errors,
 )
@@ -61,8 +61,6 @@ API = {"api-version": "2026-04-01"}
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 UNHEALTHY_BEFORE = "MaxUnhealthyInstancePercentExceededBeforeRollingUpgrade"
 GRACE = 10  # seconds the control plane waits for a batch to be healthy (Application Health gracePeriod)
-# The Application Health extension probes 100x faster than on Azure, the guest reports every 0.25 s.
-GUEST_SPEED = {"SCALESET_APPHEALTH_TIME_SCALE": "100", "SCALESET_GUEST_STATUS_SECONDS": "0.25"}
 BLOB = "container/setup.sh"
 # What the CustomScript extension downloads and runs: it leaves a mark on the OS disk, which the sample
 # webapp serves at /files/os/setup.txt (a reimage takes the mark away with the old OS disk).
@@ -77,18 +75,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess(new_data_dir("scaleset-expired-"), environment=GUEST_SPEED).start()
-    try:
-        resource_client(process).resource_groups.create_or_update(GROUP, {"location": "eastus"})
-        yield process
-    finally:
-        leftovers = dispose(process)
-        assert not leftovers, f"instances left running after the module: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def compute(server: ServerProcess) -> ComputeManagementClient:
-    return compute_client(server)
+    yield from serve_module("scaleset-expired-", GROUP, guest_speed())
 
 
 @pytest.fixture
@@ -109,22 +96,6 @@ def custom_script(file_uri: str) -> Json:
     }
 
 
-def application_health() -> Json:
-    return {
-        "publisher": "Microsoft.ManagedServices",
-        "type": "ApplicationHealthLinux",
-        "typeHandlerVersion": "2.0",
-        "settings": {
-            "protocol": "http",
-            "port": 8080,
-            "requestPath": "/health",
-            "intervalInSeconds": 5,
-            "numberOfProbes": 1,
-            "gracePeriod": GRACE,
-        },
-    }
-
-
 def expiring_set(name: str, file_uri: str, rollback: bool, capacity: int = 4) -> Json:
     """`capacity` instances on `scaleset:webapp:<name>:latest`, Rolling, automatic OS upgrades with the
     set's own policy: batches of 25 % (one instance each: every instance has its own update domain,
@@ -134,7 +105,7 @@ def expiring_set(name: str, file_uri: str, rollback: bool, capacity: int = 4) ->
         version="latest",
         data_disk=False,
         extensions=[
-            {"name": "health", "properties": application_health()},
+            application_health(GRACE),
             {"name": "setup", "properties": custom_script(file_uri)},
         ],
         upgradePolicy={
@@ -149,11 +120,6 @@ def expiring_set(name: str, file_uri: str, rollback: bool, capacity: int = 4) ->
     )
     body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["sku"] = name
     return body
-
-
-def publish(server: ServerProcess, sku: str, image: str, version: str) -> None:
-    response = server.publish(EXAMPLE_IMAGES / image, sku=sku, version=version)
-    assert response.status_code == 201, response.text
 
 
 def finish(poller: LROPoller[T], seconds: float = 120) -> T:
@@ -381,7 +347,7 @@ def test_an_expired_token_fails_the_first_batch_and_the_documented_recovery_heal
     token in the model and applies the model to every instance, the failed one included."""
     name = "norollback"
     log_start = server.log_path.stat().st_size if server.log_path else 0
-    publish(server, name, "webapp-1.0.0", "1.0.0")
+    publish_image(server, "webapp-1.0.0", version="1.0.0", sku=name)
     old_uri = blobs.sas_uri(BLOB, timedelta(hours=1))
     try:
         before = create(compute, name, expiring_set(name, old_uri, rollback=False))
@@ -391,7 +357,9 @@ def test_an_expired_token_fails_the_first_batch_and_the_documented_recovery_heal
 
         # ---- Weeks go by: the token expires. Then a new image version comes out. ----
         blobs.advance(timedelta(hours=2))
-        publish(server, name, "webapp-1.1.0", "1.1.0")  # the platform starts the OS upgrade on its own (M-8)
+        publish_image(
+            server, "webapp-1.1.0", version="1.1.0", sku=name
+        )  # the platform starts the OS upgrade on its own (M-8)
 
         upgrade = run_ended(compute, name, None, "the automatic OS upgrade ended")
         assert upgrade.running_status.code == "Faulted"
@@ -472,13 +440,13 @@ def test_with_automatic_rollback_the_renewed_model_rolls_out_and_the_blocked_ima
     Two instances are enough here (the first batch is one of them): every later step is batch by batch."""
     name = "rollback"
     log_start = server.log_path.stat().st_size if server.log_path else 0
-    publish(server, name, "webapp-1.0.0", "1.0.0")
+    publish_image(server, "webapp-1.0.0", version="1.0.0", sku=name)
     old_uri = blobs.sas_uri(BLOB, timedelta(hours=1))
     try:
         create(compute, name, expiring_set(name, old_uri, rollback=True, capacity=2))
         addresses = instance_addresses(server, GROUP, name)
         blobs.advance(timedelta(hours=2))
-        publish(server, name, "webapp-1.1.0", "1.1.0")
+        publish_image(server, "webapp-1.1.0", version="1.1.0", sku=name)
 
         upgrade = run_ended(compute, name, None, "the automatic OS upgrade ended")
         assert upgrade.running_status.code == "Faulted"
