@@ -210,11 +210,8 @@ class Driver:
         ran = self.drain()
         waiting_before = self.c.executor._settling  # what the last settle left waiting
         waiting = self.c.executor.settle()
-        runs = self.c.rolling.active_runs()
-        acted = False
-        for run_id in runs:
-            if not isinstance(self.c.rolling.step(run_id), Wait):
-                acted = True
+        runs = self.c.rolling.step_each()
+        acted = any(not isinstance(step, Wait) for _, step in runs)
         ran += self.drain()
         self.tasks_run += ran
         return bool(runs), acted or ran > 0 or waiting != waiting_before

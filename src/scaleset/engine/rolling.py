@@ -10,13 +10,13 @@ for health waits again, a rollback goes on. Nothing here calls a provider except
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from scaleset.domain.batches import BatchPolicy, Candidate
 from scaleset.domain.durations import parse_duration
@@ -33,6 +33,7 @@ from scaleset.domain.rolling import (
     FinishRollback,
     JudgeBatch,
     Member,
+    MemberState,
     RunPolicy,
     RunView,
     StartBatch,
@@ -42,10 +43,10 @@ from scaleset.domain.rolling import (
     plan_next_step,
 )
 from scaleset.engine.clock import Clock
-from scaleset.engine.health import HealthReader, InstanceFacts
-from scaleset.services.operations import OPEN_TASK_STATES, add_task
+from scaleset.engine.health import HealthPass, HealthReader, InstanceFacts
+from scaleset.services.operations import OPEN_TASK_STATES, add_task, add_tasks, chunks
 from scaleset.services.runs import finish_run
-from scaleset.store.db import Database
+from scaleset.store.db import Database, rows_by_ids
 from scaleset.store.tables import (
     Instance,
     Operation,
@@ -62,6 +63,7 @@ Json = dict[str, Any]
 # Makes `count` new instances of a set on its newest model, with a create task each (maxSurge).
 CreateInstances = Callable[[Session, Operation, ScaleSet, int], list[Instance]]
 APPLICATION_HEALTH = ("applicationhealthlinux", "applicationhealthwindows")
+MODEL_CACHE_SIZE = 4096
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -105,8 +107,129 @@ def facts_of(scale_set: ScaleSet, instance: Instance) -> InstanceFacts:
 @dataclass
 class _Observed:
     view: RunView
-    run: RollingUpgrade
-    scale_set: ScaleSet
+    run: _RunRow
+    set_name: str
+
+
+# What the loop reads of an instance, as plain columns (an ORM object each would cost several times more,
+# and an upgrade of 100 000 instances looks at instances a few million times).
+_INSTANCE_COLUMNS = (
+    Instance.id,
+    Instance.instance_id,
+    Instance.zone,
+    Instance.update_domain,
+    Instance.model_version,
+    Instance.protect_from_scale_set_actions,
+    Instance.address,
+    Instance.os_disk_generation,
+    Instance.power_state,
+    Instance.provisioning_state,
+)
+_MEMBER_COLUMNS = (
+    UpgradeInstance.instance_row_id,
+    UpgradeInstance.instance_id,
+    UpgradeInstance.batch,
+    UpgradeInstance.state,
+    UpgradeInstance.action,
+    UpgradeInstance.surge_row_id,
+)
+
+
+# A result row of the column selects above (typed loosely: rows of several shapes pass through here).
+_Row = Any
+# instance id, instance row (with the _INSTANCE_COLUMNS) → healthy now?
+_Healthy = Callable[[int, _Row], bool]
+
+
+class _MemberRow(NamedTuple):
+    """A member row as the loop reads it (a named tuple: SQLAlchemy rows are slow to read by name, and
+    these are read millions of times in an upgrade of 100 000 instances)."""
+
+    instance_row_id: int
+    instance_id: int
+    batch: int
+    state: MemberState
+    action: str
+    surge_row_id: int | None
+
+    @property
+    def watched_row(self) -> int:
+        """The instance whose health and task count: the replacement under maxSurge, else itself."""
+        return self.surge_row_id if self.surge_row_id is not None else self.instance_row_id
+
+
+class _InstanceRow(NamedTuple):
+    id: int
+    instance_id: int
+    zone: str | None
+    update_domain: int
+    model_version: int
+    protect_from_scale_set_actions: bool
+    address: str
+    os_disk_generation: int
+    power_state: str
+    provisioning_state: str
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """The current batch of a run as of (batch number, phase): its members and, for each member's
+    watched instance, the id of its newest task of the run. Neither changes until the next step: only a
+    step adds members or tasks to a run, or changes a member's state, and every step moves the phase or
+    the batch number. So each pass reads only what does change: the instances and the tasks' statuses."""
+
+    key: tuple[int, str]
+    members: tuple[_MemberRow, ...]
+    task_ids: tuple[int, ...]
+
+
+# The same columns by name, for `rows_by_ids`.
+_INSTANCE_FIELDS = tuple(column.key for column in _INSTANCE_COLUMNS)
+assert _InstanceRow._fields == _INSTANCE_FIELDS and _INSTANCE_FIELDS[-1] == "provisioning_state"
+
+
+class _RunRow(NamedTuple):
+    """What a pass reads of a run and its set."""
+
+    id: str
+    set_id: int
+    kind: str
+    operation_id: str | None
+    policy: Json
+    rollback_on_breach: bool
+    target_model_version: int
+    status: str
+    phase: str
+    batch_number: int
+    not_before: datetime | None
+    deadline: datetime | None
+    cancel_requested: bool
+    set_uid: str
+    set_name: str
+
+
+_RUN = (
+    select(
+        RollingUpgrade.id,
+        RollingUpgrade.set_id,
+        RollingUpgrade.kind,
+        RollingUpgrade.operation_id,
+        RollingUpgrade.policy,
+        RollingUpgrade.rollback_on_breach,
+        RollingUpgrade.target_model_version,
+        RollingUpgrade.status,
+        RollingUpgrade.phase,
+        RollingUpgrade.batch_number,
+        RollingUpgrade.not_before,
+        RollingUpgrade.deadline,
+        RollingUpgrade.cancel_requested,
+        ScaleSet.uid,
+        ScaleSet.name,
+    )
+    .join(ScaleSet, ScaleSet.id == RollingUpgrade.set_id)
+    .where(RollingUpgrade.id == bindparam("run_id"))
+)
+assert _RunRow._fields[:13] == tuple(column.key for column in _RUN.selected_columns)[:13]
 
 
 class RollingEngine:
@@ -126,6 +249,12 @@ class RollingEngine:
         self._create_instances = create_instances
         self._instance_quota = instance_quota
         self.on_finish: list[Callable[[str], None]] = []
+        # Per active run: the members of the batches before the current one, as of that batch number.
+        self._earlier: dict[str, tuple[int, list[tuple[Member, _Row]]]] = {}
+        self._models: dict[tuple[str, int], Json] = {}
+        self._batches: dict[str, _Batch] = {}
+        # Per run in the ready phase: the current batch's members as the last pass saw them, judged.
+        self._judged: dict[str, tuple[tuple[int, str], list[tuple[Member, _MemberRow]]]] = {}
 
     # ------------------------------------------------------------------------------------ passes
     def active_runs(self) -> list[str]:
@@ -140,19 +269,30 @@ class RollingEngine:
 
     def step_all(self) -> bool:
         """One step of every active run; True when a run is still active (the loop should come back soon)."""
-        runs = self.active_runs()
-        for run_id in runs:
+        return bool(self.step_each())
+
+    def step_each(self) -> list[tuple[str, Step]]:
+        """One step of every active run, each run's step beside its id. The runs share one health pass:
+        a probe's settings are read once for all of them."""
+        health = self._health.one_pass()
+        steps: list[tuple[str, Step]] = []
+        active = self.active_runs()
+        for gone in (set(self._earlier) | set(self._batches) | set(self._judged)) - set(active):
+            self._forget(gone)  # ended outside a step (its set deleted, say): nothing to keep for it
+        for run_id in active:
             try:
-                self.step(run_id)
+                steps.append((run_id, self.step(run_id, health)))
             except Exception:  # one broken run must not stop the others; the next pass retries it
                 log.exception("rolling upgrade %s: step failed", run_id)
-        return bool(runs)
+                steps.append((run_id, Wait(None, "the step failed")))
+        return steps
 
-    def step(self, run_id: str) -> Step:
+    def step(self, run_id: str, health: HealthPass | None = None) -> Step:
         now = self._clock.now()
         with self._db.read() as session:
-            observed = self._observe(session, run_id)
+            observed = self._observe(session, run_id, health or self._health.one_pass())
         if observed is None:
+            self._forget(run_id)
             return Wait(None, "no such run")
         step = plan_next_step(observed.view, now)
         if isinstance(step, Wait):
@@ -170,98 +310,66 @@ class RollingEngine:
             scale_set = session.get(ScaleSet, run.set_id)
             assert scale_set is not None
             finished = self._apply(session, run, scale_set, step, now)
-        log.info("rolling upgrade %s (set %s): %s", run_id, observed.scale_set.name, step.summary)
+        log.info("rolling upgrade %s (set %s): %s", run_id, observed.set_name, step.summary)
+        if finished:
+            self._forget(run_id)
         self._wake()
         if finished:
             for callback in self.on_finish:
                 callback(run_id)
         return step
 
+    def _forget(self, run_id: str) -> None:
+        self._earlier.pop(run_id, None)
+        self._batches.pop(run_id, None)
+        self._judged.pop(run_id, None)
+
     # ------------------------------------------------------------------------------- observation
-    def _observe(self, session: Session, run_id: str) -> _Observed | None:
-        run = session.get(RollingUpgrade, run_id)
-        if run is None or run.status not in ACTIVE_STATUSES:
+    def _observe(self, session: Session, run_id: str, health: HealthPass) -> _Observed | None:
+        found = session.connection().execute(_RUN, {"run_id": run_id}).first()
+        if found is None:
             return None
-        scale_set = session.get(ScaleSet, run.set_id)
-        if scale_set is None:
+        run = _RunRow._make(found)
+        if run.status not in ACTIVE_STATUSES:
             return None
-        models: dict[int, Json] = {}
+        set_id, uid, set_name = run.set_id, run.set_uid, run.set_name
 
         def model(version: int) -> Json:
-            if version not in models:
-                row = session.get(ScaleSetModel, (scale_set.id, version))
-                models[version] = row.model if row else {}
-            return models[version]
+            # Model versions are written once and never changed: each is read once, keyed by the set's
+            # uid (a row id can come back after a delete; a uid cannot).
+            key = (uid, version)
+            if key not in self._models:
+                if len(self._models) >= MODEL_CACHE_SIZE:
+                    self._models.clear()
+                row = session.get(ScaleSetModel, (set_id, version))
+                if row is None:
+                    return {}
+                self._models[key] = row.model
+            return self._models[key]
 
-        instances = {
-            i.id: i
-            for i in session.scalars(
-                select(Instance).where(
-                    Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting"
-                )
+        def healthy(instance_id: int, instance: _Row) -> bool:
+            return health.is_healthy_now(
+                model(instance.model_version),
+                f"{uid}/{instance_id}",
+                instance.address,
+                instance.os_disk_generation,
+                instance.power_state,
+                instance.provisioning_state,
             )
-        }
-        member_rows = list(
-            session.scalars(select(UpgradeInstance).where(UpgradeInstance.upgrade_id == run.id))
-        )
-        tasks = self._latest_tasks(session, run)
-        surge_rows = {m.surge_row_id for m in member_rows if m.surge_row_id is not None}
-        # A replacement counts towards the set only once the instance it replaces is gone.
-        extras = {
-            m.surge_row_id
-            for m in member_rows
-            if m.surge_row_id in instances and m.instance_row_id in instances
-        }
 
-        def healthy(instance: Instance) -> bool:
-            return self._health.is_healthy(model(instance.model_version), facts_of(scale_set, instance))
-
-        members = []
-        for row in member_rows:
-            watched = (
-                instances.get(row.surge_row_id)
-                if row.surge_row_id is not None
-                else instances.get(row.instance_row_id)
-            )
-            task_state: TaskState = (
-                "none"
-                if row.action == "none"
-                else _task_state(tasks.get(row.surge_row_id or row.instance_row_id))
-            )
-            is_current = row.batch == run.batch_number and row.state == "upgrading"
-            members.append(
-                Member(
-                    row_id=row.instance_row_id,
-                    instance_id=row.instance_id,
-                    batch=row.batch,
-                    state=row.state,  # type: ignore[arg-type]
-                    task=task_state,
-                    healthy=bool(
-                        watched is not None and is_current and task_state == "done" and healthy(watched)
-                    ),
-                )
-            )
-        taken = {row.instance_row_id for row in member_rows}
-        candidates: list[Candidate] = []
+        candidates: tuple[Candidate, ...] = ()
         unhealthy = 0
-        if run.phase == "ready":
-            for instance in instances.values():
-                if instance.id in extras:
-                    continue
-                is_healthy = healthy(instance)
-                unhealthy += 0 if is_healthy else 1
-                if instance.id in taken or instance.id in surge_rows:
-                    continue
-                candidates.append(
-                    Candidate(
-                        instance_id=instance.instance_id,
-                        zone=instance.zone,
-                        update_domain=instance.update_domain,
-                        healthy=is_healthy,
-                        current=instance.model_version >= run.target_model_version,
-                        protected=instance.protect_from_scale_set_actions,
-                    )
+        if run.phase == "rolling_back":
+            members, instance_count = self._observe_all(session, run, set_id, healthy)
+        else:
+            earlier, current = self._observe_batches(session, run, healthy)
+            members = tuple(m for m, _ in earlier) + tuple(m for m, _ in current)
+            if run.phase == "ready":
+                instance_count, candidates, unhealthy = self._candidates(
+                    session, run, set_id, [row for _, row in earlier + current], healthy
                 )
+            else:
+                instance_count = _live_count(session, run, set_id)
         view = RunView(
             phase=run.phase,
             batch_number=run.batch_number,
@@ -271,22 +379,190 @@ class RollingEngine:
             rollback_on_breach=run.rollback_on_breach,
             policy=run_policy(run.policy),
             health_wait=health_wait(model(run.target_model_version)),
-            instance_count=len(instances) - len(extras),
+            instance_count=instance_count,
             unhealthy_count=unhealthy,
-            candidates=tuple(candidates),
-            members=tuple(members),
+            candidates=candidates,
+            members=members,
         )
-        return _Observed(view, run, scale_set)
+        return _Observed(view, run, set_name)
+
+    def _observe_all(
+        self, session: Session, run: _RunRow, set_id: int, healthy: _Healthy
+    ) -> tuple[tuple[Member, ...], int]:
+        """Every member, its task and its instance as they are now (while rolling back, when members of
+        any batch change). Returns (members, instance count)."""
+        instances = {
+            row.id: row
+            for row in session.execute(
+                select(*_INSTANCE_COLUMNS).where(
+                    Instance.set_id == set_id, Instance.provisioning_state != "deleting"
+                )
+            )
+        }
+        member_rows = list(
+            session.execute(
+                select(*_MEMBER_COLUMNS)
+                .where(UpgradeInstance.upgrade_id == run.id)
+                .order_by(UpgradeInstance.instance_row_id)
+            )
+        )
+        tasks = _latest_task_states(session, run.operation_id)
+        # A replacement counts towards the set only once the instance it replaces is gone.
+        extras = {
+            m.surge_row_id
+            for m in member_rows
+            if m.surge_row_id in instances and m.instance_row_id in instances
+        }
+        members = tuple(
+            _member(
+                row,
+                run,
+                tasks.get(row.surge_row_id or row.instance_row_id),
+                instances.get(row.surge_row_id if row.surge_row_id is not None else row.instance_row_id),
+                healthy,
+            )
+            for row in member_rows
+        )
+        return members, len(instances) - len(extras)
+
+    def _observe_batches(
+        self, session: Session, run: _RunRow, healthy: _Healthy
+    ) -> tuple[list[tuple[Member, _MemberRow]], list[tuple[Member, _MemberRow]]]:
+        """Before a batch and while it runs: (members of earlier batches, members of the current batch),
+        each with its row.
+
+        Members of earlier batches change only when a batch is judged into a rollback, which leaves
+        these phases, so between two batches they are read once and kept; the current batch's rows are
+        kept from step to step (`_Batch`). Each pass reads again only its instances and task statuses."""
+        cached = self._earlier.get(run.id)
+        if cached is None or cached[0] != run.batch_number:
+            # Batch N + 1 has started: its earlier batches are those before N, kept, and batch N as the
+            # last pass before the start saw it judged (nothing changed it since: a start touches only
+            # the new batch). Read from the database only when those are not at hand (a restart).
+            judged = self._judged.pop(run.id, None)
+            last = run.batch_number - 1
+            if (
+                cached is not None
+                and cached[0] == last
+                and judged is not None
+                and judged[0] == (last, "ready")
+            ):
+                earlier = cached[1] + judged[1]
+            else:
+                earlier = self._read_earlier_members(session, run)
+            self._earlier[run.id] = (run.batch_number, earlier)
+        else:
+            earlier = cached[1]
+        batch = self._batches.get(run.id)
+        if batch is None or batch.key != (run.batch_number, run.phase):
+            batch = self._read_batch(session, run)
+            self._batches[run.id] = batch
+        if not batch.members:
+            return earlier, []
+        instances = {
+            row[0]: _InstanceRow._make(row)
+            for row in rows_by_ids(
+                session, "instances", _INSTANCE_FIELDS, [m.watched_row for m in batch.members]
+            )
+            if row[-1] != "deleting"
+        }
+        tasks = {
+            row_id: status
+            for row_id, status in rows_by_ids(session, "tasks", ("instance_row_id", "status"), batch.task_ids)
+        }
+        # The one loop every pass runs over every member of every running batch: kept flat.
+        current = []
+        for row in batch.members:
+            watched = instances.get(row.watched_row)
+            task_state: TaskState = (
+                "none" if row.action == "none" else _task_state(tasks.get(row.watched_row))
+            )
+            is_healthy = bool(
+                task_state == "done"
+                and row.state == "upgrading"
+                and watched is not None
+                and healthy(watched.instance_id, watched)
+            )
+            member = Member(
+                row.instance_row_id, row.instance_id, row.batch, row.state, task_state, is_healthy
+            )
+            current.append((member, row))
+        if run.phase == "ready":
+            self._judged[run.id] = ((run.batch_number, run.phase), current)
+        return earlier, current
 
     @staticmethod
-    def _latest_tasks(session: Session, run: RollingUpgrade) -> dict[int, Task]:
-        """The newest task of this run for each instance row."""
-        latest: dict[int, Task] = {}
-        for task in session.scalars(
-            select(Task).where(Task.operation_id == run.operation_id).order_by(Task.id)
-        ):
-            latest[task.instance_row_id] = task
-        return latest
+    def _read_batch(session: Session, run: _RunRow) -> _Batch:
+        members = tuple(
+            _MemberRow._make(row)
+            for row in session.execute(
+                select(*_MEMBER_COLUMNS)
+                .where(UpgradeInstance.upgrade_id == run.id, UpgradeInstance.batch == run.batch_number)
+                .order_by(UpgradeInstance.instance_row_id)
+            )
+        )
+        newest: dict[int, int] = {}
+        for chunk in chunks([m.watched_row for m in members]):
+            for task_id, row_id in session.execute(
+                select(Task.id, Task.instance_row_id)
+                .where(Task.operation_id == run.operation_id, Task.instance_row_id.in_(chunk))
+                .order_by(Task.id)
+            ):
+                newest[row_id] = task_id
+        return _Batch((run.batch_number, run.phase), members, tuple(newest.values()))
+
+    @staticmethod
+    def _read_earlier_members(session: Session, run: _RunRow) -> list[tuple[Member, _MemberRow]]:
+        rows = [
+            _MemberRow._make(row)
+            for row in session.execute(
+                select(*_MEMBER_COLUMNS)
+                .where(UpgradeInstance.upgrade_id == run.id, UpgradeInstance.batch != run.batch_number)
+                .order_by(UpgradeInstance.batch, UpgradeInstance.instance_row_id)
+            )
+        ]
+        if not rows:
+            return []
+        tasks = _latest_task_states(session, run.operation_id, [row.watched_row for row in rows])
+        return [(_member(row, run, tasks.get(row.watched_row), None, _never), row) for row in rows]
+
+    @staticmethod
+    def _candidates(
+        session: Session, run: _RunRow, set_id: int, member_rows: list[_MemberRow], healthy: _Healthy
+    ) -> tuple[int, tuple[Candidate, ...], int]:
+        """Before a batch: every live instance, its health, and those no batch has taken yet.
+        Returns (instance count, candidates, unhealthy count)."""
+        instances = [
+            _InstanceRow._make(row)
+            for row in rows_by_ids(session, "instances", _INSTANCE_FIELDS, [set_id], key="set_id")
+            if row[-1] != "deleting"
+        ]
+        live = {row.id for row in instances}
+        surge_rows = {m.surge_row_id for m in member_rows if m.surge_row_id is not None}
+        # A replacement counts towards the set only once the instance it replaces is gone.
+        extras = {m.surge_row_id for m in member_rows if m.surge_row_id in live and m.instance_row_id in live}
+        taken = {row.instance_row_id for row in member_rows}
+        candidates: list[Candidate] = []
+        unhealthy = 0
+        target = run.target_model_version
+        for instance in instances:
+            if instance.id in extras:
+                continue
+            is_healthy = healthy(instance.instance_id, instance)
+            unhealthy += 0 if is_healthy else 1
+            if instance.id in taken or instance.id in surge_rows:
+                continue
+            candidates.append(
+                Candidate(
+                    instance_id=instance.instance_id,
+                    zone=instance.zone,
+                    update_domain=instance.update_domain,
+                    healthy=is_healthy,
+                    current=instance.model_version >= target,
+                    protected=bool(instance.protect_from_scale_set_actions),
+                )
+            )
+        return len(instances) - len(extras), tuple(candidates), unhealthy
 
     # ------------------------------------------------------------------------------------ acting
     def _apply(
@@ -329,62 +605,89 @@ class RollingEngine:
         instance_ids: Sequence[int],
         now: datetime,
     ) -> None:
+        """The batch's members, the instances' new model and their tasks, all in this one transaction
+        (persist before acting), written with one statement per kind of change rather than per row."""
         target = session.get(ScaleSetModel, (scale_set.id, run.target_model_version))
         assert target is not None
-        instances = list(
-            session.scalars(
-                select(Instance).where(
-                    Instance.set_id == scale_set.id, Instance.instance_id.in_(list(instance_ids))
+        instances = [
+            row
+            for chunk in chunks(list(instance_ids))
+            for row in session.execute(
+                select(
+                    Instance.id,
+                    Instance.instance_id,
+                    Instance.model_version,
+                    Instance.image_version,
+                    Instance.os_disk_generation,
                 )
+                .where(Instance.set_id == scale_set.id, Instance.instance_id.in_(chunk))
+                .order_by(Instance.instance_id)
             )
-        )
+        ]
         run.batch_number += 1
         run.phase = "upgrading"
         run.deadline = None
         run.not_before = None
         surge = bool(run.policy.get("maxSurge")) and self._surge_fits(session, scale_set, len(instances))
         new_instances = self._create_instances(session, operation, scale_set, len(instances)) if surge else []
-        # Read once per model version, not per instance (the identity map holds a row only while it is
-        # referenced, so a repeated get would read and parse the model again).
-        models: dict[int, ScaleSetModel | None] = {}
+        # One change_action per (model version, image) the batch runs, not one per instance.
+        actions: dict[tuple[int, str], str] = {}
+        members: list[dict[str, Any]] = []
+        by_action: dict[str, list[int]] = {}
         for index, instance in enumerate(instances):
-            if instance.model_version not in models:
-                models[instance.model_version] = session.get(
-                    ScaleSetModel, (scale_set.id, instance.model_version)
+            known = (instance.model_version, instance.image_version)
+            if known not in actions:
+                before = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
+                change: str = change_action(
+                    before.model if before else {},
+                    target.model,
+                    instance.image_version,
+                    target.exact_image_version,
                 )
-            before = models[instance.model_version]
-            action = change_action(
-                before.model if before else {},
-                target.model,
-                instance.image_version,
-                target.exact_image_version,
+                actions[known] = "extensions" if change == "none" and run.kind == "extension" else change
+            action = actions[known]
+            members.append(
+                {
+                    "upgrade_id": run.id,
+                    "instance_row_id": instance.id,
+                    "instance_id": instance.instance_id,
+                    "batch": run.batch_number,
+                    "state": "succeeded" if action == "none" and not surge else "upgrading",
+                    "action": "surge" if surge else action,
+                    "before_model_version": instance.model_version,
+                    "before_image_version": instance.image_version,
+                    "before_os_disk_generation": instance.os_disk_generation,
+                    "surge_row_id": new_instances[index].id if surge else None,
+                    "error": "",
+                    "updated_at": now,
+                }
             )
-            if action == "none" and run.kind == "extension":
-                action = "extensions"
-            member = UpgradeInstance(
-                upgrade_id=run.id,
-                instance_row_id=instance.id,
-                instance_id=instance.instance_id,
-                batch=run.batch_number,
-                state="succeeded" if action == "none" and not surge else "upgrading",
-                action="surge" if surge else action,
-                before_model_version=instance.model_version,
-                before_image_version=instance.image_version,
-                before_os_disk_generation=instance.os_disk_generation,
-                surge_row_id=new_instances[index].id if surge else None,
-                error="",
-                updated_at=now,
-            )
-            session.add(member)
-            if surge:
-                continue  # the old instance is left alone until its replacement is healthy
-            instance.model_version = run.target_model_version
-            instance.image_version = target.exact_image_version
-            instance.updated_at = now
+            by_action.setdefault(action, []).append(instance.id)
+        if members:
+            session.connection().execute(insert(UpgradeInstance), members)
+        if surge:
+            return  # the old instances are left alone until their replacements are healthy
+        for action, row_ids in by_action.items():
+            values: dict[str, Any] = {
+                "model_version": run.target_model_version,
+                "image_version": target.exact_image_version,
+                "updated_at": now,
+            }
             if action == "reimage":
-                instance.os_disk_generation += 1
-            if action != "none":
-                add_task(session, operation, instance, action, now)
+                values["os_disk_generation"] = Instance.os_disk_generation + 1
+            for chunk in chunks(row_ids):
+                session.execute(update(Instance).where(Instance.id.in_(chunk)).values(**values))
+        add_tasks(
+            session,
+            operation.id,
+            [
+                (row_id, action)
+                for action, row_ids in by_action.items()
+                if action != "none"
+                for row_id in row_ids
+            ],
+            now,
+        )
 
     def _surge_fits(self, session: Session, scale_set: ScaleSet, extra: int) -> bool:
         """maxSurge needs room for `extra` more instances; otherwise the batch upgrades in place (Azure)."""
@@ -411,20 +714,29 @@ class RollingEngine:
         step: JudgeBatch,
         now: datetime,
     ) -> bool:
-        tasks = self._latest_tasks(session, run)
-        for row in self._members(session, run, step.succeeded):
-            row.state, row.updated_at = "succeeded", now
-            if row.action == "surge":
-                # The replacement is healthy: the old instance goes.
-                old = session.get(Instance, row.instance_row_id)
-                if old is not None:
-                    add_task(session, operation, old, "delete", now)
-        for row in self._members(session, run, step.failed):
+        for chunk in chunks(step.succeeded):
+            session.execute(
+                update(UpgradeInstance)
+                .where(UpgradeInstance.upgrade_id == run.id, UpgradeInstance.instance_row_id.in_(chunk))
+                .values(state="succeeded", updated_at=now)
+            )
+        if run.policy.get("maxSurge"):
+            for row in self._members(session, run, step.succeeded):
+                if row.action == "surge":
+                    # The replacement is healthy: the old instance goes.
+                    old = session.get(Instance, row.instance_row_id)
+                    if old is not None:
+                        add_task(session, operation, old, "delete", now)
+        failed_rows = self._members(session, run, step.failed)
+        tasks = _latest_task_errors(
+            session, run.operation_id, [r.surge_row_id or r.instance_row_id for r in failed_rows]
+        )
+        for row in failed_rows:
             task = tasks.get(row.surge_row_id or row.instance_row_id)
             row.state, row.updated_at = "failed", now
             row.error = (
-                task.error
-                if task is not None and task.status == "failed"
+                task[1]
+                if task is not None and task[0] == "failed"
                 else f"not healthy within the health wait of batch {row.batch}"
             )
         if step.outcome == "continue":
@@ -483,9 +795,95 @@ class RollingEngine:
         )
 
 
-def _task_state(task: Task | None) -> TaskState:
-    if task is None:
+def _task_state(status: str | None) -> TaskState:
+    if status is None:
         return "open"  # written in the same transaction as the member: not there means not yet visible
-    if task.status in OPEN_TASK_STATES:
+    if status in OPEN_TASK_STATES:
         return "open"
-    return "failed" if task.status == "failed" else "done"
+    return "failed" if status == "failed" else "done"
+
+
+def _member(
+    row: _Row, run: _RunRow, task_status: str | None, watched: _Row | None, healthy: _Healthy
+) -> Member:
+    """One member as the planner sees it. `watched` is the live instance whose health counts (the
+    replacement under maxSurge), if any; only a member of the current batch whose action is done is
+    looked at for health (probing is not free, and nothing else's health matters to the batch)."""
+    task_state: TaskState = "none" if row.action == "none" else _task_state(task_status)
+    is_current = row.batch == run.batch_number and row.state == "upgrading"
+    return Member(
+        row_id=row.instance_row_id,
+        instance_id=row.instance_id,
+        batch=row.batch,
+        state=row.state,
+        task=task_state,
+        healthy=bool(
+            watched is not None
+            and is_current
+            and task_state == "done"
+            and healthy(watched.instance_id, watched)
+        ),
+    )
+
+
+def _never(instance_id: int, instance: _Row) -> bool:
+    return False
+
+
+def _newest(rows: Iterable[_Row]) -> dict[int, str]:
+    """instance row id → status of its newest task, from (instance_row_id, status) rows in id order."""
+    return {row[0]: row[1] for row in rows}
+
+
+def _latest_task_states(
+    session: Session, operation_id: str | None, row_ids: Sequence[int] | None = None
+) -> dict[int, str]:
+    """The status of the operation's newest task for each instance row (of `row_ids`; None: all)."""
+    query = select(Task.instance_row_id, Task.status).where(Task.operation_id == operation_id)
+    latest: dict[int, str] = {}
+    if row_ids is None:
+        return _newest(session.execute(query.order_by(Task.id)))
+    for chunk in chunks(row_ids):
+        for row_id, status in session.execute(query.where(Task.instance_row_id.in_(chunk)).order_by(Task.id)):
+            latest[row_id] = status
+    return latest
+
+
+def _latest_task_errors(
+    session: Session, operation_id: str | None, row_ids: Sequence[int]
+) -> dict[int, tuple[str, str]]:
+    """(status, error) of the operation's newest task for each of these instance rows."""
+    latest: dict[int, tuple[str, str]] = {}
+    for chunk in chunks(row_ids):
+        for row_id, status, error in session.execute(
+            select(Task.instance_row_id, Task.status, Task.error)
+            .where(Task.operation_id == operation_id, Task.instance_row_id.in_(chunk))
+            .order_by(Task.id)
+        ):
+            latest[row_id] = (status, error)
+    return latest
+
+
+_LIVE_COUNT = (
+    select(func.count())
+    .select_from(Instance)
+    .where(Instance.set_id == bindparam("set_id"), Instance.provisioning_state != "deleting")
+)
+
+
+def _live_count(session: Session, run: _RunRow, set_id: int) -> int:
+    """The set's live instances, less the maxSurge replacements whose original is still there."""
+    live = session.connection().execute(_LIVE_COUNT, {"set_id": set_id}).scalar()
+    if not run.policy.get("maxSurge"):
+        return int(live or 0)  # no member of this run has a replacement
+    surge, original = aliased(Instance), aliased(Instance)
+    extras = session.scalar(
+        select(func.count(func.distinct(UpgradeInstance.surge_row_id)))
+        .join(surge, (surge.id == UpgradeInstance.surge_row_id) & (surge.provisioning_state != "deleting"))
+        .join(
+            original,
+            (original.id == UpgradeInstance.instance_row_id) & (original.provisioning_state != "deleting"),
+        )
+        .where(UpgradeInstance.upgrade_id == run.id)
+    )
+    return int(live or 0) - int(extras or 0)

@@ -8,7 +8,7 @@ at once instead of waiting; with the lock every write waits its turn. Readers ne
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CACHE_KIB = 32 * 1024
+MMAP_BYTES = 256 * 2**20
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -33,6 +35,11 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # SQLite's default page cache is 2 MB: a fleet of 100 000 instances outgrows it, and then every row
+    # the engine reads is a system call. A larger cache per connection, and the file mapped into memory
+    # (shared by every connection, so it costs nothing twice), keep the engine's reads in memory.
+    cursor.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    cursor.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
     cursor.close()
 
 
@@ -69,3 +76,33 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def rows_by_ids(
+    session: Session, table: str, columns: Sequence[str], ids: Sequence[Any], key: str = "id"
+) -> list[tuple[Any, ...]]:
+    """`SELECT columns FROM table WHERE key IN ids` as plain tuples, on the session's own connection (so
+    inside its transaction), without SQLAlchemy's statement and result machinery.
+
+    For the few reads an engine pass repeats over hundreds of rows at a time: there, binding an IN list
+    through SQLAlchemy (and reading its rows by name) costs several times what SQLite does. Names come
+    from our own code, never from a request; the values are bound parameters."""
+    if not ids:
+        return []
+    connection = session.connection()
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), _IDS_PER_STATEMENT):
+            chunk = list(ids[start : start + _IDS_PER_STATEMENT])
+            marks = ", ".join([placeholder] * len(chunk))
+            cursor.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IN ({marks})", chunk)
+            found.extend(cursor.fetchall())
+        return found
+    finally:
+        cursor.close()
+
+
+# SQLite binds at most 32 766 parameters per statement (999 before 3.32).
+_IDS_PER_STATEMENT = 900
