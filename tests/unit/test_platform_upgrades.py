@@ -22,7 +22,7 @@ from scaleset.domain.errors import ArmError
 from scaleset.domain.rolling import UNHEALTHY_BEFORE, UNHEALTHY_UPGRADED
 from scaleset.providers.sim import Fault
 from scaleset.services.platform import GATE_RETRY
-from scaleset.store.tables import RollingUpgrade, ScaleSet
+from scaleset.store.tables import BlockedImageVersion, RollingUpgrade, ScaleSet
 from tests.fleet import (
     BOOT_SECONDS,
     GROUP,
@@ -219,6 +219,21 @@ def test_a_bad_version_rolls_back_is_blocked_and_never_comes_back_by_itself(flee
     assert runs(fleet, "web")[1].status == "Completed"
     assert set(images(fleet, "web").values()) == {"2.0.1"}
     assert blocked(fleet, "web") == ["2.0.0"]  # still known bad, just no longer the newest
+
+
+def test_deleting_a_set_removes_its_blocked_versions(fleet: Fleet) -> None:
+    """Blocks are keyed by the set's uid with no foreign key: the set's removal takes them with it."""
+    create(fleet, "web", auto_body(2))
+    fleet.sim.add_fault(Fault("hang", image="2.0.0"))
+    publish(fleet, "2.0.0")
+    fleet.run()
+    assert blocked(fleet, "web") == ["2.0.0"]
+
+    fleet.container.scalesets.delete_set(SUB, GROUP, "web")
+    fleet.run()
+
+    with fleet.container.db.read() as session:
+        assert session.scalars(select(BlockedImageVersion)).all() == []
 
 
 def test_an_operator_clear_offers_the_blocked_version_again(fleet: Fleet) -> None:

@@ -7,6 +7,7 @@ pass runs. M-numbers refer to spec/mission.md; the batch arithmetic reuses domai
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 
 from scaleset.domain.errors import ArmError
 from scaleset.domain.rolling import UNHEALTHY_BEFORE, UNHEALTHY_UPGRADED
+from scaleset.observability.logs import ContextFilter
 from scaleset.providers.sim import Fault
 from scaleset.store.tables import RollingUpgrade, Task, UpgradeInstance
 from tests.fleet import (
@@ -405,3 +407,38 @@ def test_deleting_the_set_mid_run_ends_the_run_and_leaves_nothing(fleet: Fleet) 
     with fleet.container.db.read() as session:
         assert session.scalar(select(func.count()).select_from(RollingUpgrade)) == 0
         assert session.scalar(select(func.count()).select_from(UpgradeInstance)) == 0
+
+
+# -- logs --------------------------------------------------------------------------------------------
+
+
+def test_every_step_line_names_the_upgrade_its_set_and_its_batch(fleet: Fleet) -> None:
+    """Issue 6 §5: the loop's lines carry the set, the upgrade and the batch (observability/logs.py)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(level=logging.INFO)
+    keep.addFilter(ContextFilter())
+    logger = logging.getLogger("scaleset.rolling")
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        fleet.create(rolling_body(10))
+        fleet.publish("1.1.0")
+        fleet.container.upgrades.start_os_upgrade(SUB, GROUP, NAME)
+        fleet.run()
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+
+    with fleet.container.db.read() as session:
+        run_id = session.scalars(select(RollingUpgrade.id)).one()
+    steps = [r for r in records if r.getMessage().startswith("rolling upgrade ")]
+    assert steps, "the loop logged no step"
+    contexts = [r.context for r in steps]  # type: ignore[attr-defined]
+    assert all(c.get("upgrade") == run_id and c.get("set") == NAME for c in contexts), contexts
+    assert {c.get("batch") for c in contexts} >= {1, 2, 3, 4, 5}, contexts

@@ -45,6 +45,7 @@ from scaleset.guest.protected import (
     make_instance_certificate,
     thumbprint_of,
 )
+from scaleset.observability.logs import log_context
 from scaleset.providers.base import (
     InstanceObservation,
     InstanceSpec,
@@ -372,6 +373,8 @@ class ClaimedTask:
     spec: InstanceSpec | None
     expect: GuestExpectation | None = None
     budget_seconds: float = DEFAULT_EXTENSIONS_BUDGET
+    # (subscription, set name, operation id): bound to every line logged while a worker runs the task.
+    log_context: tuple[str, str, str] = ("", "", "")
 
 
 class Executor:
@@ -562,8 +565,9 @@ class Executor:
         """The task as a worker runs it; `versions` collects instances whose extension versions change."""
         assert row.row_id is not None
         key = f"{scale_set.uid}/{row.instance_id}"
+        context = (scale_set.subscription, scale_set.name, row.operation_id)
         if row.action in KEY_ONLY_ACTIONS:
-            return ClaimedTask(row.id, row.action, key, None)
+            return ClaimedTask(row.id, row.action, key, None, log_context=context)
         shared = rows.shared(scale_set, row.model_version, row.image_version)
         if isinstance(shared, ProviderError):
             raise shared
@@ -572,10 +576,16 @@ class Executor:
             instance = rows.instance(row.row_id)
             spec = self._spec(rows, scale_set, instance)
             if row.action not in PROVISIONING_ACTIONS:
-                return ClaimedTask(row.id, row.action, key, spec)
+                return ClaimedTask(row.id, row.action, key, spec, log_context=context)
             model = rows.model(scale_set.id, row.model_version)
             return ClaimedTask(
-                row.id, row.action, key, spec, _expectation(spec, row.action), _extensions_budget(model)
+                row.id,
+                row.action,
+                key,
+                spec,
+                _expectation(spec, row.action),
+                _extensions_budget(model),
+                log_context=context,
             )
         if row.extension_versions != shared.versions:
             versions[row.row_id] = shared.versions
@@ -601,8 +611,16 @@ class Executor:
             certificates=certificates,
         )
         if row.action not in PROVISIONING_ACTIONS:
-            return ClaimedTask(row.id, row.action, key, spec)
-        return ClaimedTask(row.id, row.action, key, spec, shared.expect[row.action], shared.budget_seconds)
+            return ClaimedTask(row.id, row.action, key, spec, log_context=context)
+        return ClaimedTask(
+            row.id,
+            row.action,
+            key,
+            spec,
+            shared.expect[row.action],
+            shared.budget_seconds,
+            log_context=context,
+        )
 
     def _spec(self, rows: _ClaimRows, scale_set: ScaleSet, instance: Instance) -> InstanceSpec:
         model_row = rows.model(scale_set.id, instance.model_version)
@@ -668,6 +686,17 @@ class Executor:
             self._run(task)
 
     def _run(self, task: ClaimedTask) -> None:
+        # Worker threads do not inherit the caller's context: bind the task's own here.
+        subscription, set_name, operation = task.log_context
+        with log_context(
+            subscription=subscription or None,
+            set=set_name or None,
+            instance=task.key.rsplit("/", 1)[-1],
+            operation=operation or None,
+        ):
+            self._run_in_context(task)
+
+    def _run_in_context(self, task: ClaimedTask) -> None:
         error: str | None = None
         try:
             self._act(task)

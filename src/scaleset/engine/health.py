@@ -100,10 +100,12 @@ class HealthReader:
     def _probe(self, key: str, address: str, generation: int, source: ProbeSettings) -> bool:
         now = self._clock.now()
         streak_key = (key, generation)
-        with self._lock:
-            streak = self._streaks.get(streak_key)
-            if streak is not None and now < streak.checked_at + _interval(source.interval_seconds):
-                return streak.state
+        # Within the interval the answer is the kept one: read without the lock (a dict read and two
+        # attribute reads are atomic under the GIL; a streak updated meanwhile only moves `checked_at`
+        # forward, so at worst this probes once more, as a caller a moment earlier would have).
+        streak = self._streaks.get(streak_key)
+        if streak is not None and now < streak.checked_at + _interval(source.interval_seconds):
+            return streak.state
         answer = self._provider.probe_health(key, address, source.probe)
         with self._lock:
             streak = self._streaks.get(streak_key)
@@ -176,6 +178,30 @@ class HealthPass:
         if source is None:
             return False  # the probe is gone: "unknown"
         return self._reader._probe(key, address, generation, source)
+
+    def checker(self, model: Mapping[str, Any]) -> Callable[[str, str, int, str, str], bool]:
+        """`is_healthy_now` for the instances of one model, its health source looked up once: what the
+        engine calls for each of the hundreds of instances of a set it looks at in a pass."""
+        probe_id = probe_id_of(model)
+        source = self._find_probe(probe_id) if probe_id else None
+        if probe_id is None or source is None:
+
+            def other(
+                key: str, address: str, generation: int, power_state: str, provisioning_state: str
+            ) -> bool:
+                return self.is_healthy_now(model, key, address, generation, power_state, provisioning_state)
+
+            return other
+        probe = self._reader._probe
+
+        def probed(
+            key: str, address: str, generation: int, power_state: str, provisioning_state: str
+        ) -> bool:
+            if power_state != "running" or provisioning_state != "succeeded":
+                return False
+            return probe(key, address, generation, source)
+
+        return probed
 
     def _find_probe(self, probe_id: str) -> ProbeSettings | None:
         if probe_id not in self._probes:

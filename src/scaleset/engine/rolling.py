@@ -42,8 +42,10 @@ from scaleset.domain.rolling import (
     Wait,
     plan_next_step,
 )
+from scaleset.engine.candidates import candidates_of
 from scaleset.engine.clock import Clock
 from scaleset.engine.health import HealthPass, HealthReader, InstanceFacts
+from scaleset.observability.logs import log_context
 from scaleset.services.operations import OPEN_TASK_STATES, add_task, add_tasks, chunks
 from scaleset.services.runs import finish_run
 from scaleset.store.db import Database, rows_by_ids
@@ -283,11 +285,18 @@ class RollingEngine:
             try:
                 steps.append((run_id, self.step(run_id, health)))
             except Exception:  # one broken run must not stop the others; the next pass retries it
-                log.exception("rolling upgrade %s: step failed", run_id)
+                with log_context(upgrade=run_id):
+                    log.exception("rolling upgrade %s: step failed", run_id)
                 steps.append((run_id, Wait(None, "the step failed")))
         return steps
 
     def step(self, run_id: str, health: HealthPass | None = None) -> Step:
+        # Every line logged while a run steps names it; once observed, its set and batch too
+        # (observability/logs.py: structured logs carry the set, the upgrade and the batch).
+        with log_context(upgrade=run_id):
+            return self._step(run_id, health)
+
+    def _step(self, run_id: str, health: HealthPass | None) -> Step:
         now = self._clock.now()
         with self._db.read() as session:
             observed = self._observe(session, run_id, health or self._health.one_pass())
@@ -297,6 +306,11 @@ class RollingEngine:
         step = plan_next_step(observed.view, now)
         if isinstance(step, Wait):
             return step
+        batch = observed.run.batch_number + (1 if isinstance(step, StartBatch) else 0)
+        with log_context(set=observed.set_name, batch=batch or None):
+            return self._act(run_id, observed, step, now)
+
+    def _act(self, run_id: str, observed: _Observed, step: Step, now: datetime) -> Step:
         finished = False
         with self._db.write() as session:
             run = session.get(RollingUpgrade, run_id)
@@ -347,9 +361,14 @@ class RollingEngine:
                 self._models[key] = row.model
             return self._models[key]
 
+        # model version → its health check, the health source looked up once per pass
+        checks: dict[int, Callable[[str, str, int, str, str], bool]] = {}
+
         def healthy(instance_id: int, instance: _Row) -> bool:
-            return health.is_healthy_now(
-                model(instance.model_version),
+            check = checks.get(instance.model_version)
+            if check is None:
+                check = checks[instance.model_version] = health.checker(model(instance.model_version))
+            return check(
                 f"{uid}/{instance_id}",
                 instance.address,
                 instance.os_disk_generation,
@@ -541,28 +560,15 @@ class RollingEngine:
         surge_rows = {m.surge_row_id for m in member_rows if m.surge_row_id is not None}
         # A replacement counts towards the set only once the instance it replaces is gone.
         extras = {m.surge_row_id for m in member_rows if m.surge_row_id in live and m.instance_row_id in live}
-        taken = {row.instance_row_id for row in member_rows}
-        candidates: list[Candidate] = []
-        unhealthy = 0
-        target = run.target_model_version
-        for instance in instances:
-            if instance.id in extras:
-                continue
-            is_healthy = healthy(instance.instance_id, instance)
-            unhealthy += 0 if is_healthy else 1
-            if instance.id in taken or instance.id in surge_rows:
-                continue
-            candidates.append(
-                Candidate(
-                    instance_id=instance.instance_id,
-                    zone=instance.zone,
-                    update_domain=instance.update_domain,
-                    healthy=is_healthy,
-                    current=instance.model_version >= target,
-                    protected=bool(instance.protect_from_scale_set_actions),
-                )
-            )
-        return len(instances) - len(extras), tuple(candidates), unhealthy
+        # Built as the plan preview builds them (engine/candidates.py), so a preview shows these batches.
+        view = candidates_of(
+            instances,
+            lambda row: healthy(row.instance_id, row),
+            run.target_model_version,
+            taken={row.instance_row_id for row in member_rows} | surge_rows,
+            uncounted=extras,
+        )
+        return view.instance_count, view.candidates, view.unhealthy_count
 
     # ------------------------------------------------------------------------------------ acting
     def _apply(

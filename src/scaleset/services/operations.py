@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from scaleset.domain.errors import ArmError
 from scaleset.store.tables import (
+    BlockedImageVersion,
     Instance,
     LoadBalancer,
     Operation,
@@ -242,4 +243,7 @@ def _remove_set(session: Session, set_id: int) -> None:
     session.execute(delete(RollingUpgrade).where(RollingUpgrade.set_id == set_id))
     session.execute(delete(Instance).where(Instance.set_id == set_id))
     session.execute(delete(ScaleSetModel).where(ScaleSetModel.set_id == set_id))
+    # Blocked image versions are keyed by the set's uid (no foreign key holds the delete up): they go too.
+    uid = select(ScaleSet.uid).where(ScaleSet.id == set_id).scalar_subquery()
+    session.execute(delete(BlockedImageVersion).where(BlockedImageVersion.set_uid == uid))
     session.execute(delete(ScaleSet).where(ScaleSet.id == set_id))

@@ -261,8 +261,11 @@ def _facts(
 ) -> SetFacts:
     properties = scale_set.document["properties"]
     settings = AutoOsSettings.of(properties["upgradePolicy"])
+    # Each image version once: the decision asks only whether some live instance runs an older one.
     instances = session.scalars(
-        select(Instance.image_version).where(
+        select(Instance.image_version)
+        .distinct()
+        .where(
             Instance.set_id == scale_set.id,
             Instance.provisioning_state != "deleting",
             Instance.protect_from_scale_set_actions.is_(False),
@@ -349,9 +352,15 @@ def record_outcome(session: Session, run: RollingUpgrade, now: datetime) -> Bloc
         return None
     if session.scalar(select(BlockedImageVersion.id).where(BlockedImageVersion.run_id == run.id)) is not None:
         return None
+    # Only rolled-back members say anything against a version (`version_to_block`, `version_to_restore`):
+    # their two columns, not every member of the run as an object.
     members = [
-        MemberOutcome(row.state, row.before_image_version)
-        for row in session.scalars(select(UpgradeInstance).where(UpgradeInstance.upgrade_id == run.id))
+        MemberOutcome(state, before_image_version)
+        for state, before_image_version in session.execute(
+            select(UpgradeInstance.state, UpgradeInstance.before_image_version).where(
+                UpgradeInstance.upgrade_id == run.id, UpgradeInstance.state.in_(ROLLED_BACK_STATES)
+            )
+        )
     ]
     version = version_to_block(run.target_image_version, members)
     scale_set = session.get(ScaleSet, run.set_id)

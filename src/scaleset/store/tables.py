@@ -73,7 +73,11 @@ class ScaleSetModel(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (UniqueConstraint("set_id", "instance_id"),)
+    __table_args__ = (
+        UniqueConstraint("set_id", "instance_id"),
+        # The live-instance count a rolling upgrade takes every pass: answered from the index alone.
+        Index("ix_instances_set_state", "set_id", "provisioning_state"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     set_id: Mapped[int] = mapped_column(ForeignKey("scale_sets.id"), index=True)
     instance_id: Mapped[int] = mapped_column(Integer)
@@ -123,7 +127,11 @@ class Task(Base):
     """One provider action on one instance, committed before the provider is called (M-26)."""
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_status_instance", "status", "instance_row_id"),)
+    __table_args__ = (
+        Index("ix_tasks_status_instance", "status", "instance_row_id"),
+        # An operation's tasks of some instances (a rolling batch's newest task per member).
+        Index("ix_tasks_operation_instance", "operation_id", "instance_row_id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"), index=True)
     instance_row_id: Mapped[int] = mapped_column(Integer)
@@ -175,6 +183,8 @@ class UpgradeInstance(Base):
     """One instance's part in a rolling upgrade, with what it ran before (for rollback)."""
 
     __tablename__ = "upgrade_instances"
+    # One batch of a run (the rolling loop reads the current batch's members).
+    __table_args__ = (Index("ix_upgrade_instances_upgrade_batch", "upgrade_id", "batch"),)
     upgrade_id: Mapped[str] = mapped_column(ForeignKey("rolling_upgrades.id"), primary_key=True)
     instance_row_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(Integer)
