@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,15 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 
 from tests.e2e.conftest import resource_client, serve_module
-from tests.support import REPO, ServerProcess, app_request, custom_script_writing, eventually, processes_under
+from tests.support import (
+    REPO,
+    ServerProcess,
+    app_request,
+    custom_script_writing,
+    eventually,
+    processes_under,
+    set_path,
+)
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-vms"
@@ -148,6 +157,29 @@ def test_restart_and_power_off(compute: ComputeManagementClient) -> None:
 
     vms.begin_start(GROUP, "web1").result()
     assert vms.instance_view(GROUP, "web1").statuses[1].code == "PowerState/running"
+
+
+def test_the_hidden_set_behind_a_vm_is_not_a_scale_set(server: ServerProcess) -> None:
+    """A VM's backing set (`_vm.<uid>`) cannot be listed, read, upgraded or deleted through the scale-set
+    API: a client that learns its name (from /metrics, say) gets 404."""
+    with sqlite3.connect(f"file:{server.data_dir / 'scaleset.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT name FROM scale_sets WHERE name LIKE '!_vm.%' ESCAPE '!'")
+        hidden = [name for (name,) in rows]
+    assert hidden, "no VM's backing set in the database"
+    params = {"api-version": "2024-07-01"}
+    with server.client() as client:
+        listed = client.get(set_path(server, GROUP, "x").rsplit("/", 1)[0], params=params)
+        assert listed.status_code == 200
+        assert not [s for s in listed.json()["value"] if s["name"] in hidden]
+        for method, parts in (
+            ("GET", ()),
+            ("DELETE", ()),
+            ("POST", ("osRollingUpgrade",)),
+            ("GET", ("virtualMachines",)),
+        ):
+            answer = client.request(method, set_path(server, GROUP, hidden[0], *parts), params=params)
+            assert answer.status_code == 404, (method, parts, answer.text)
+            assert answer.json()["error"]["code"] == "ResourceNotFound"
 
 
 def test_reimage_keeps_the_data_disk(server: ServerProcess, compute: ComputeManagementClient) -> None:

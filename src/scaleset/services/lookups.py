@@ -123,7 +123,20 @@ def find_set(session: Session, group: ResourceGroup, name: str) -> ScaleSet | No
     return find_in_group(session, ScaleSet, group, name)
 
 
-def require_set(session: Session, subscription: str, group_name: str, name: str) -> ScaleSet:
+# Hidden scale sets backing standalone VMs (services/vms.py) are named so; a client's scale-set name must
+# start with a letter or digit, so no client set can be mistaken for one.
+BACKING_SET_PREFIX = "_vm."
+
+
+def require_set(
+    session: Session, subscription: str, group_name: str, name: str, *, backing_set: bool = False
+) -> ScaleSet:
+    """A client's scale set by name; the hidden sets behind VMs are not scale sets to clients (404), so they
+    cannot be read, changed, upgraded or deleted through the scale-set API. `backing_set`: the VM service
+    asks for one of those on purpose."""
+    if not backing_set and name.lower().startswith(BACKING_SET_PREFIX):
+        group = require_group(session, subscription, group_name)
+        raise resource_not_found("Microsoft.Compute/virtualMachineScaleSets", group.name, name)
     return require_in_group(
         session, ScaleSet, "Microsoft.Compute/virtualMachineScaleSets", subscription, group_name, name
     )

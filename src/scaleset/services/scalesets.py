@@ -37,13 +37,13 @@ from scaleset.services.addresses import allocate_addresses
 from scaleset.services.extension_settings import prepare_extensions
 
 # The lookups keep their old private names here, where this module's code calls them so.
+from scaleset.services.lookups import BACKING_SET_PREFIX, require_writable_group, stored_document
 from scaleset.services.lookups import all_instances as _all_instances
 from scaleset.services.lookups import find_group as _find_group
 from scaleset.services.lookups import find_set as _find_set
 from scaleset.services.lookups import live_instances as _live_instances
 from scaleset.services.lookups import require_group as _require_group
 from scaleset.services.lookups import require_set as _require_set
-from scaleset.services.lookups import require_writable_group, stored_document
 from scaleset.services.operations import add_task, complete_if_done, finish_operation, start_operation
 from scaleset.services.runs import (
     active_run,
@@ -427,7 +427,7 @@ class ScaleSetService:
         with self._db.read() as session:
             query = select(ScaleSet).where(ScaleSet.subscription == subscription).order_by(ScaleSet.id)
             # Standalone VMs run on hidden one-instance sets (services/vms.py): not scale sets to clients.
-            query = query.where(~ScaleSet.name_key.startswith("_vm.", autoescape=True))
+            query = query.where(~ScaleSet.name_key.startswith(BACKING_SET_PREFIX, autoescape=True))
             if group_name is not None:
                 query = query.where(ScaleSet.group_id == _require_group(session, subscription, group_name).id)
             if location is not None:
@@ -512,10 +512,19 @@ class ScaleSetService:
             )
 
     def vm_action(
-        self, subscription: str, group_name: str, name: str, instance_id: str, action: str, body: Any = None
+        self,
+        subscription: str,
+        group_name: str,
+        name: str,
+        instance_id: str,
+        action: str,
+        body: Any = None,
+        *,
+        backing_set: bool = False,
     ) -> Operation:
+        """A POST action on one instance; `backing_set` when a standalone VM acts on its hidden set."""
         with self._db.write() as session:
-            scale_set = _require_set(session, subscription, group_name, name)
+            scale_set = _require_set(session, subscription, group_name, name, backing_set=backing_set)
             instance = _require_instance(session, scale_set, instance_id)
             exact_version = _exact_version(body) if action in ("reimage", "reimageall") else None
             return self._instance_operation(session, scale_set, [instance], action, exact_version)

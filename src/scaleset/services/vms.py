@@ -42,6 +42,7 @@ from scaleset.engine.clock import Clock
 from scaleset.services.availability_sets import availability_set_not_found, find_availability_set
 from scaleset.services.extension_settings import prepare_extensions
 from scaleset.services.lookups import (
+    BACKING_SET_PREFIX,
     add_to_group,
     find_in_group,
     live_instances,
@@ -66,8 +67,6 @@ from scaleset.store.tables import (
 
 Json = dict[str, Any]
 
-# Hidden scale sets backing VMs are named so; a client's scale-set name must start with a letter or digit.
-BACKING_SET_PREFIX = "_vm."
 # POST actions on a VM, by their lower-cased path segment, and the instance task each one runs.
 VM_ACTIONS = {k: v for k, v in POWER_ACTIONS.items() if k != "reimageall"}
 
@@ -359,6 +358,7 @@ class VmService:
             str(state.instance.instance_id),
             VM_ACTIONS[verb],
             body,
+            backing_set=True,
         )
 
     def delete(self, subscription: str, group_name: str, name: str) -> Operation | None:
