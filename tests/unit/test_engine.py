@@ -6,6 +6,7 @@ pass runs and nothing happens behind its back. M-numbers refer to spec/mission.m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from scaleset.bootstrap import Container, Settings, build
 from scaleset.catalog.service import ImageCoordinates
@@ -24,6 +27,7 @@ from scaleset.domain.errors import ArmError
 from scaleset.engine.executor import computer_name
 from scaleset.providers.base import InstanceState
 from scaleset.services.scalesets import ScaleSetService
+from scaleset.store.db import Database
 from scaleset.store.tables import Instance, Operation, ResourceGroup, ScaleSet, ScaleSetModel, Task
 from tests.fakes import FakeClock, FakeProvider, GatePoint
 from tests.support import scale_set_body
@@ -942,3 +946,43 @@ def test_a_busy_instance_is_not_claimed_again(tmp_path: Path, clock: FakeClock) 
     finally:
         gate.set()
         container.close()
+
+
+class BusyOnce(Database):
+    """The real database, whose next write fails as a busy SQLite does (`database is locked`)."""
+
+    def __init__(self, real: Database) -> None:
+        self.__dict__.update(real.__dict__)
+        self.failures = 1
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("COMMIT", {}, Exception("database is locked"))
+        with super().write() as session:
+            yield session
+
+
+def test_outcomes_whose_write_failed_are_written_by_the_next_pass(env: Env) -> None:
+    """Finished tasks are recorded in one transaction per pass; if it fails, none of them is lost (else
+    their tasks stay running and block their instances until a restart)."""
+    operation = env.create_set(3, settle=False)
+    executor = env.container.executor
+    executor.run_pass()  # claims the three creates; the workers finish them
+    deadline = time.monotonic() + 5
+    while len(executor._finished) < 3:
+        assert time.monotonic() < deadline, "the workers did not finish"
+        time.sleep(0.002)
+
+    real = executor._db
+    executor._db = BusyOnce(real)
+    with pytest.raises(OperationalError):
+        executor.record_finished()
+    assert open_tasks(env.container) == 3
+    assert executor.record_finished() == 3  # the next pass writes them all
+    executor._db = real
+
+    assert open_tasks(env.container) == 0
+    assert_settled(env, [0, 1, 2])
+    assert env.operation(operation.id).status == "Succeeded"

@@ -394,6 +394,7 @@ class Executor:
         self._secrets = secrets
         self._settle_every = settle_every
         self._settling = 0
+        self._last_picked = 0  # tasks the last claim picked (run_pass: was the claim full?)
         self._clock = clock
         self._provider = provider
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scaleset-task")
@@ -472,7 +473,9 @@ class Executor:
             self._to_run.extend(claimed)
             for _ in range(min(self._workers, len(claimed))):
                 self._pool.submit(self._work)
-        if len(claimed) >= self._claim_limit:
+        # A full claim leaves work behind: come back at once. Count what was picked, not what runs: tasks
+        # that ended inside the claim (instance gone, spec refused) filled the claim too.
+        if self._last_picked >= self._claim_limit:
             self.wake()
         return len(claimed)
 
@@ -495,6 +498,7 @@ class Executor:
                     continue
                 busy.add(row_id)
                 picked.append(task_id)
+            self._last_picked = len(picked)
             chosen = sorted(
                 (
                     _ClaimRow._make(row)
@@ -756,8 +760,14 @@ class Executor:
                 outcomes.append(self._finished.popleft())
             if not outcomes:
                 return 0
-            with self._db.write() as session:
-                self._record(session, outcomes, self._clock.now())
+            try:
+                with self._db.write() as session:
+                    self._record(session, outcomes, self._clock.now())
+            except BaseException:
+                # Not written (the database busy, say): keep them for the next pass, in their order, or
+                # their tasks would stay `running` and block their instances until a restart.
+                self._finished.extendleft(reversed(outcomes))
+                raise
             return len(outcomes)
 
     def _record(self, session: Session, outcomes: list[_Outcome], now: datetime) -> None:

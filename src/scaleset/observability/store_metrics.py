@@ -26,6 +26,7 @@ from scaleset.domain.rolling import (
 )
 from scaleset.domain.scaleset_spec import has_health_source
 from scaleset.observability.batch_durations import BatchDurations
+from scaleset.services.lookups import BACKING_SET_PREFIX
 from scaleset.store.db import Database
 from scaleset.store.tables import Instance, ResourceGroup, RollingUpgrade, ScaleSet, ScaleSetModel
 
@@ -123,10 +124,11 @@ class StoreCollector(Collector):
 
 
 def _set_labels(session: Session) -> dict[int, SetLabels]:
+    # The hidden sets behind standalone VMs are not scale sets to clients (services/lookups.py).
     rows = session.execute(
-        select(ScaleSet.id, ScaleSet.subscription, ResourceGroup.name, ScaleSet.name).join(
-            ResourceGroup, ResourceGroup.id == ScaleSet.group_id
-        )
+        select(ScaleSet.id, ScaleSet.subscription, ResourceGroup.name, ScaleSet.name)
+        .join(ResourceGroup, ResourceGroup.id == ScaleSet.group_id)
+        .where(~ScaleSet.name_key.startswith(BACKING_SET_PREFIX, autoescape=True))
     )
     return {set_id: SetLabels(subscription, group, name) for set_id, subscription, group, name in rows}
 

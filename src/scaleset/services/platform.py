@@ -329,8 +329,15 @@ def _parse_versions(versions: Sequence[str] | None) -> set[ImageVersion] | None:
 # ---------------------------------------------------------------------------------------- outcomes
 def _unrecorded_rollbacks(session: Session) -> list[RollingUpgrade]:
     """Ended runs that rolled instances back and left no block: the listener did not get to them."""
+    # Only members the run moved to another image can prove a version bad (`version_to_block`): a run that
+    # rolled back without changing the image (extensions, a walk onto the same image) never leaves a
+    # block, and must not be picked up again by every sweep.
     rolled_back = exists().where(
-        and_(UpgradeInstance.upgrade_id == RollingUpgrade.id, UpgradeInstance.state.in_(ROLLED_BACK_STATES))
+        and_(
+            UpgradeInstance.upgrade_id == RollingUpgrade.id,
+            UpgradeInstance.state.in_(ROLLED_BACK_STATES),
+            UpgradeInstance.before_image_version != RollingUpgrade.target_image_version,
+        )
     )
     recorded = exists().where(BlockedImageVersion.run_id == RollingUpgrade.id)
     return list(
