@@ -61,7 +61,12 @@ def serve(
     address_pool: Annotated[
         str, typer.Option(help="Loopback range instances get their addresses from")
     ] = DEFAULT_POOL,
-    page_size: Annotated[int, typer.Option(help="Instances per page when listing scale-set VMs")] = 100,
+    page_size: Annotated[
+        int,
+        typer.Option(
+            help="Instances per page when listing scale-set VMs; entries per page of the OS upgrade history"
+        ),
+    ] = 100,
     demo: Annotated[
         bool,
         typer.Option(
