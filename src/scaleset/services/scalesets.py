@@ -12,6 +12,7 @@ import ipaddress
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -440,20 +441,31 @@ class ScaleSetService:
             scale_set = _require_set(session, subscription, group_name, name)
             group = session.get(ResourceGroup, scale_set.group_id)
             assert group is not None
-            operation = start_operation(
-                session,
-                subscription=subscription,
-                location=scale_set.location,
-                kind="set_delete",
-                resource_id=set_id_of(subscription, group.name, name),
-                now=now,
-                payload={"set_id": scale_set.id},
+            operation = self.begin_set_delete(
+                session, scale_set, set_id_of(subscription, group.name, name), now
             )
-            scale_set.provisioning_state = "Deleting"
-            stop_runs_of_deleted_set(session, scale_set, now)
-            self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
-            complete_if_done(session, operation.id, now)
         self._wake()
+        return operation
+
+    def begin_set_delete(
+        self, session: Session, scale_set: ScaleSet, resource_id: str, now: datetime
+    ) -> Operation:
+        """Inside a write transaction: the delete operation of a set (a VM's hidden set too, under the
+        VM's resource id), its runs stopped, a delete task for every instance; the engine removes the
+        set when they are done."""
+        operation = start_operation(
+            session,
+            subscription=scale_set.subscription,
+            location=scale_set.location,
+            kind="set_delete",
+            resource_id=resource_id,
+            now=now,
+            payload={"set_id": scale_set.id},
+        )
+        scale_set.provisioning_state = "Deleting"
+        stop_runs_of_deleted_set(session, scale_set, now)
+        self._delete_instances(session, operation, scale_set, _all_instances(session, scale_set))
+        complete_if_done(session, operation.id, now)
         return operation
 
     # ------------------------------------------------------------------------------------- instances

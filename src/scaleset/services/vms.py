@@ -50,7 +50,7 @@ from scaleset.services.lookups import (
     require_writable_group,
     resource_not_found,
 )
-from scaleset.services.operations import add_task, complete_if_done, start_operation
+from scaleset.services.operations import complete_if_done, start_operation
 from scaleset.services.scalesets import POWER_ACTIONS, ScaleSetService
 from scaleset.services.secrets import SecretBox
 from scaleset.services.set_rows import add_model_version, add_scale_set, model_changed, move_to_model
@@ -371,20 +371,9 @@ class VmService:
                 return None
             scale_set = session.get(ScaleSet, row.set_id)
             assert scale_set is not None
-            operation = start_operation(
-                session,
-                subscription=subscription,
-                location=row.location,
-                kind="set_delete",
-                resource_id=vm_id_of(subscription, group.name, row.name),
-                now=now,
-                payload={"set_id": scale_set.id},
+            operation = self._scalesets.begin_set_delete(
+                session, scale_set, vm_id_of(subscription, group.name, row.name), now
             )
-            scale_set.provisioning_state = "Deleting"
-            instances = session.scalars(select(Instance).where(Instance.set_id == scale_set.id)).all()
-            for instance in instances:
-                add_task(session, operation, instance, "delete", now)
-            complete_if_done(session, operation.id, now)
         self._wake()
         return operation
 
