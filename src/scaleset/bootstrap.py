@@ -20,6 +20,7 @@ from scaleset.providers.local import LocalProvider
 from scaleset.services.addresses import DEFAULT_POOL, parse_pool
 from scaleset.services.loadbalancers import LoadBalancerService
 from scaleset.services.platform import PlatformUpgrades
+from scaleset.services.rollouts import RolloutGate
 from scaleset.services.scalesets import ScaleSetService
 from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
@@ -64,6 +65,7 @@ class Container:
     rolling: RollingEngine
     upgrades: UpgradeService
     platform: PlatformUpgrades
+    rollouts: RolloutGate
     tokens: TokenService
     pool: ipaddress.IPv4Network
 
@@ -110,12 +112,21 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         db, clock, catalog, pool, executor.wake, extensions, secrets, probe_exists=loadbalancers.probe_exists
     )
     health = HealthReader(provider, clock, loadbalancers.probe_settings)
+    rollouts = RolloutGate(db, clock)
     rolling = RollingEngine(
-        db, clock, health, executor.wake, scalesets.create_instances, instance_quota=settings.instance_quota
+        db,
+        clock,
+        health,
+        executor.wake,
+        scalesets.create_instances,
+        instance_quota=settings.instance_quota,
+        admit_batch=rollouts.admit_batch,
     )
     upgrades = UpgradeService(db, clock, catalog, extensions, executor.wake)
     rolling.on_finish.append(upgrades.follow_up)
-    platform = PlatformUpgrades(db, clock, catalog, executor.wake, sweep_every=settings.platform_sweep_every)
+    platform = PlatformUpgrades(
+        db, clock, catalog, executor.wake, sweep_every=settings.platform_sweep_every, rollouts=rollouts
+    )
     catalog.on_publish.append(platform.on_image_published)
     rolling.on_finish.append(platform.on_run_finished)
     executor.reconcilers.append(rolling.step_all)
@@ -134,6 +145,7 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         rolling=rolling,
         upgrades=upgrades,
         platform=platform,
+        rollouts=rollouts,
         tokens=TokenService(db, clock),
         pool=pool,
     )

@@ -8,7 +8,8 @@ nothing left behind by a refused package.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,6 +22,8 @@ from scaleset.engine.clock import Clock
 from scaleset.guest.handler_manifest import ManifestError, find_manifest, parse_manifest
 from scaleset.store.db import Database
 from scaleset.store.tables import ExtensionImage
+
+log = logging.getLogger("scaleset.catalog")
 
 
 def resolve_handler_version(requested: str, available: Iterable[str], auto_upgrade_minor: bool) -> str | None:
@@ -47,9 +50,23 @@ class ExtensionCatalog:
         self._db = db
         self._root = root
         self._clock = clock
+        # Called with each newly published version, after its row is committed (automatic extension
+        # upgrades start there, M-18).
+        self.on_publish: list[Callable[[ExtensionImage], object]] = []
 
     def publish(
         self, publisher: str, type_: str, version: str, artifact: Path, *, builtin: bool = False
+    ) -> ExtensionImage:
+        image = self._publish(publisher, type_, version, artifact, builtin=builtin)
+        for listener in self.on_publish:
+            try:
+                listener(image)
+            except Exception:  # the version is published whatever a listener makes of it
+                log.exception("a listener failed on the publish of %s.%s %s", publisher, type_, version)
+        return image
+
+    def _publish(
+        self, publisher: str, type_: str, version: str, artifact: Path, *, builtin: bool
     ) -> ExtensionImage:
         for field, value in (("publisher", publisher), ("type", type_)):
             validate_resource_name(value, field)

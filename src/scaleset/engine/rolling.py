@@ -27,6 +27,7 @@ from scaleset.domain.rolling import (
     CANCELLED,
     DEFAULT_HEALTH_WAIT,
     FAULTED,
+    HEALTH_POLL,
     ROLLING_BACK,
     ArmHealthWait,
     Finish,
@@ -64,6 +65,8 @@ Json = dict[str, Any]
 
 # Makes `count` new instances of a set on its newest model, with a create task each (maxSurge).
 CreateInstances = Callable[[Session, Operation, ScaleSet, int], list[Instance]]
+# (session, run, its set, the batch's instance ids) → None to start the batch now, or why it waits
+AdmitBatch = Callable[[Session, RollingUpgrade, ScaleSet, Sequence[int]], str | None]
 APPLICATION_HEALTH = ("applicationhealthlinux", "applicationhealthwindows")
 MODEL_CACHE_SIZE = 4096
 
@@ -243,8 +246,11 @@ class RollingEngine:
         wake_executor: Callable[[], None],
         create_instances: CreateInstances,
         instance_quota: int = 1000,
+        admit_batch: AdmitBatch | None = None,
     ) -> None:
         self._db = db
+        # Asked before a batch starts (services/rollouts.py: zones of a region one at a time, M-21).
+        self._admit_batch = admit_batch
         self._clock = clock
         self._health = health
         self._wake = wake_executor
@@ -323,6 +329,10 @@ class RollingEngine:
                 return Wait(None, "the run changed under us")
             scale_set = session.get(ScaleSet, run.set_id)
             assert scale_set is not None
+            if isinstance(step, StartBatch) and self._admit_batch is not None:
+                reason = self._admit_batch(session, run, scale_set, step.instance_ids)
+                if reason is not None:
+                    return Wait(now + HEALTH_POLL, reason)
             finished = self._apply(session, run, scale_set, step, now)
         log.info("rolling upgrade %s (set %s): %s", run_id, observed.set_name, step.summary)
         if finished:

@@ -45,6 +45,7 @@ from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
 from scaleset.services.lookups import require_set
+from scaleset.services.rollouts import RolloutGate, RolloutSubject
 from scaleset.services.runs import active_run, begin_run, blocked_image_versions, new_model_version
 from scaleset.store.db import Database
 from scaleset.store.tables import (
@@ -73,8 +74,11 @@ class PlatformUpgrades:
         catalog: ImageCatalog,
         wake_engine: Callable[[], None],
         sweep_every: float = 60.0,
+        rollouts: RolloutGate | None = None,
     ) -> None:
         self._db = db
+        # Phases across regions, one zone of a region at a time (M-21): asked before a run starts.
+        self._rollouts = rollouts or RolloutGate(db, clock)
         self._clock = clock
         self._catalog = catalog
         self._wake = wake_engine
@@ -217,6 +221,11 @@ class PlatformUpgrades:
             if decision.action == "none":
                 return None, decision
             assert decision.target is not None
+            waiting = self._rollouts.may_start(
+                session, scale_set, RolloutSubject("image", image_key(scale_set), decision.target)
+            )
+            if waiting is not None:
+                return None, PlatformDecision("none", decision.target, waiting)
             if decision.action == "new_model":
                 new_model_version(session, scale_set, decision.target, now)
             policy, rollback = platform_run_policy(scale_set.document["properties"]["upgradePolicy"])
@@ -303,6 +312,12 @@ def _counts_as_tried(session: Session, run: RollingUpgrade, now: datetime) -> bo
     )
     ended = run.end_time if run.end_time.tzinfo else run.end_time.replace(tzinfo=UTC)
     return touched is not None or now - ended < GATE_RETRY
+
+
+def image_key(scale_set: ScaleSet) -> str:
+    """The set's image whatever its version, as a rollout names it (`RolloutSubject.key`)."""
+    request = image_request(scale_set.document)
+    return f"{request.publisher}:{request.offer}:{request.sku}".lower()
 
 
 def _same_image(scale_set: ScaleSet, image: Image) -> bool:
