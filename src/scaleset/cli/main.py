@@ -19,6 +19,8 @@ from typer.core import TyperGroup
 
 from scaleset.cli import (
     commands_extension,
+    commands_extension_platform,
+    commands_gallery,
     commands_group,
     commands_history,
     commands_image,
@@ -26,6 +28,7 @@ from scaleset.cli import (
     commands_plan,
     commands_platform,
     commands_rolling,
+    commands_rollout,
     commands_token,
     commands_vm,  # noqa: F401  (registers vm create/… on commands_image.vm_app)
     commands_vmss,
@@ -130,6 +133,9 @@ app.add_typer(commands_image.image_app, name="image")
 app.add_typer(commands_token.app, name="token")
 app.add_typer(commands_extension.app, name="extension")
 app.add_typer(commands_network.app, name="network")
+app.add_typer(commands_gallery.app, name="sig")
+app.add_typer(commands_rollout.app, name="rollout")
+app.add_typer(commands_extension_platform.app, name="extension-upgrade")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,6 +79,11 @@ class ScaleSetModel(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[dict[str, Any]]
     exact_image_version: Mapped[str] = mapped_column(String(64))
+    # The exact handler version each extension of the model resolved to when the version was written
+    # ({extension name: version}), as `exact_image_version` pins the image: every instance on this model
+    # runs these, and an instance put back on it (a rollback) gets them back. None for versions written
+    # before pins existed (resolved afresh at each goal state then).
+    extension_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime]
 
 
@@ -177,6 +193,14 @@ class RollingUpgrade(Base):
     last_action_time: Mapped[datetime]
     start_time: Mapped[datetime]
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A platform extension upgrade (M-18): the one extension it moves ("publisher.type" in lower case),
+    # its name in the model, and the version it moves it to. None for other runs.
+    extension_key: Mapped[str | None] = mapped_column(String(260), nullable=True)
+    extension_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    extension_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Roll each failed member of a batch back as soon as its batch is judged, and go on (M-19, M-22),
+    # rather than only on a breach of maxUnhealthyUpgradedInstancePercent.
+    roll_back_each_failure: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class UpgradeInstance(Base):
