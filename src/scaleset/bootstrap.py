@@ -20,7 +20,8 @@ from scaleset.providers.local import LocalProvider
 from scaleset.services.addresses import DEFAULT_POOL, parse_pool
 from scaleset.services.loadbalancers import LoadBalancerService
 from scaleset.services.platform import PlatformUpgrades
-from scaleset.services.rollouts import RolloutGate
+from scaleset.services.platform_extensions import ExtensionPlatformUpgrades
+from scaleset.services.rollouts import RolloutGate, load_rollout_phases
 from scaleset.services.scalesets import ScaleSetService
 from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
@@ -45,6 +46,20 @@ class Settings:
         default_factory=lambda: float(os.environ.get("SCALESET_PLATFORM_SWEEP_SECONDS") or 60)
     )
 
+    # How long a failed automatic extension upgrade waits for its one automatic retry (seconds; Azure:
+    # "retried after some time"; docs/automatic-extension-upgrades.md).
+    extension_retry_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("SCALESET_EXTENSION_RETRY_SECONDS") or 259200)
+    )
+
+    # The rollout phases of platform upgrades (M-21, docs/availability-first.md): a JSON file, a list of
+    # phases each a list of regions; None: the default phases.
+    rollout_phases: Path | None = field(
+        default_factory=lambda: (
+            Path(os.environ["SCALESET_ROLLOUT_PHASES"]) if os.environ.get("SCALESET_ROLLOUT_PHASES") else None
+        )
+    )
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or sqlite_url(self.data_dir)
@@ -66,6 +81,7 @@ class Container:
     upgrades: UpgradeService
     platform: PlatformUpgrades
     rollouts: RolloutGate
+    extension_platform: ExtensionPlatformUpgrades
     tokens: TokenService
     pool: ipaddress.IPv4Network
 
@@ -112,7 +128,7 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         db, clock, catalog, pool, executor.wake, extensions, secrets, probe_exists=loadbalancers.probe_exists
     )
     health = HealthReader(provider, clock, loadbalancers.probe_settings)
-    rollouts = RolloutGate(db, clock)
+    rollouts = RolloutGate(db, clock, load_rollout_phases(settings.rollout_phases))
     rolling = RollingEngine(
         db,
         clock,
@@ -131,6 +147,18 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
     rolling.on_finish.append(platform.on_run_finished)
     executor.reconcilers.append(rolling.step_all)
     executor.reconcilers.append(platform.reconcile)
+    extension_platform = ExtensionPlatformUpgrades(
+        db,
+        clock,
+        extensions,
+        executor.wake,
+        sweep_every=settings.platform_sweep_every,
+        retry_after=settings.extension_retry_seconds,
+        rollouts=rollouts,
+    )
+    extensions.on_publish.append(extension_platform.on_extension_published)
+    rolling.on_finish.append(extension_platform.on_run_finished)
+    executor.reconcilers.append(extension_platform.reconcile)
     return Container(
         settings=settings,
         db=db,
@@ -146,6 +174,7 @@ def build(settings: Settings, *, clock: Clock | None = None, provider: Provider 
         upgrades=upgrades,
         platform=platform,
         rollouts=rollouts,
+        extension_platform=extension_platform,
         tokens=TokenService(db, clock),
         pool=pool,
     )

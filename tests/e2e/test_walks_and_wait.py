@@ -43,7 +43,14 @@ GROUP = "rg-walks"
 GRACE_SECONDS = 10
 UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 # cli/progress.py ExitCode
-EXIT_COMPLETED, EXIT_USAGE, EXIT_FAULTED, EXIT_CANCELLED, EXIT_NOT_STARTED = 0, 2, 3, 5, 6
+EXIT_COMPLETED, EXIT_USAGE, EXIT_FAULTED, EXIT_ROLLED_BACK, EXIT_CANCELLED, EXIT_NOT_STARTED = (
+    0,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 BATCH_LINE = re.compile(r"^RollingForward: batch (\d+) \(update domain (\d+)\): (.*?); ")
 Json = dict[str, Any]
 
@@ -225,6 +232,38 @@ def test_a_walk_onto_a_broken_image_stops_after_the_first_domain(
     for instance_id in ("1", "2", "3"):
         assert os_version(after[instance_id]) == "1.0.0"
         assert provisioned_at(after[instance_id]) == provisioned_at(before[instance_id])
+
+
+def test_a_rolling_upgrade_that_rolls_back_exits_4(
+    server: ServerProcess, compute: ComputeManagementClient, sets: list[str]
+) -> None:
+    """`rolling-upgrade start` onto a never-healthy image with rollbackFailedInstancesOnPolicyBreach: the
+    first batch fails, is rolled back to its previous OS disk, the run ends Faulted, and the waiting CLI
+    says so with exit code 4 (not 3: the instances are back where they were)."""
+    name, sku = "rollsback", "rollsback"
+    publish_image(server, "webapp-1.0.0", sku=sku, version="1.0.0")
+    sets.append(name)
+    body = manual_set(2, sku, "latest")
+    body["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {
+        "rollbackFailedInstancesOnPolicyBreach": True
+    }
+    put_set(compute, name, body)
+    before = wait_all_healthy(compute, GROUP, name, 2, timeout=90)
+    publish_image(server, "webapp-broken-2.0.0", sku=sku, version="2.0.0")
+
+    started = run_cli(server, "vmss", "rolling-upgrade", "start", "-g", GROUP, "-n", name)
+
+    assert started.returncode == EXIT_ROLLED_BACK, describe(started)
+    assert UNHEALTHY_UPGRADED in started.stderr, describe(started)
+    latest = api_get(server, name, "rollingUpgrades", "latest")["properties"]
+    assert latest["runningStatus"]["code"] == "Faulted"
+    assert latest["progress"]["failedInstanceCount"] == 1
+    [(_, _, [rolled], states)] = batches(server, name)
+    assert states == {"rolled_back"}
+    after = scale_set_vms(compute, GROUP, name)
+    assert {os_version(vm) for vm in after.values()} == {"1.0.0"}
+    untouched = next(i for i in after if i != rolled)
+    assert provisioned_at(after[untouched]) == provisioned_at(before[untouched])
 
 
 def test_a_walk_cancelled_between_domains_exits_5(

@@ -27,8 +27,14 @@ def ext(name: str, **properties: Any) -> dict[str, Any]:
     return {"name": name, "properties": {**base, **properties}}
 
 
-def resolve(publisher: str, type_: str, version: str, auto: bool) -> tuple[str, str] | None:
-    chosen = resolve_handler_version(version, ["1.0.0", "1.0.3", "1.2.0", "2.0.0"], auto)
+def resolve(
+    publisher: str, type_: str, version: str, auto: bool, pinned: str | None
+) -> tuple[str, str] | None:
+    published = ["1.0.0", "1.0.3", "1.2.0", "2.0.0"]
+    if pinned is not None:
+        chosen: str | None = pinned if pinned in published else None
+    else:
+        chosen = resolve_handler_version(version, published, auto)
     return (chosen, f"/catalog/{publisher}/{type_}/{chosen}") if chosen else None
 
 
@@ -100,6 +106,20 @@ def test_goal_state_resolves_versions_orders_and_encrypts() -> None:
     assert script.provision_after == ("health",) and script.suppress_failures is True
     assert health.package_dir == "/catalog/Contoso/Probe/1.2.0"
     assert script.package_dir == "/catalog/Contoso/Script/1.0.3"
+
+
+def test_a_pinned_version_wins_over_the_newest_minor() -> None:
+    """A model version's pins (M-19: a rollback gets the previous version back) are used as they are,
+    an extension without a pin is resolved from its typeHandlerVersion."""
+    history = [(2, model(ext("health"), ext("script", type="Script")))]
+
+    goal = goal_state_for(history, resolve, no_encryption, {"HEALTH": "1.0.0"})
+
+    health, script = goal.extensions
+    assert (health.version, script.version) == ("1.0.0", "1.2.0")
+    assert health.package_dir == "/catalog/Contoso/Probe/1.0.0"
+    with pytest.raises(ExtensionUnavailable):
+        goal_state_for(history, resolve, no_encryption, {"health": "1.0.9"})
 
 
 def test_no_extensions_no_goal_state_and_missing_versions_are_errors() -> None:

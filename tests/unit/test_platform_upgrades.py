@@ -221,6 +221,34 @@ def test_a_bad_version_rolls_back_is_blocked_and_never_comes_back_by_itself(flee
     assert blocked(fleet, "web") == ["2.0.0"]  # still known bad, just no longer the newest
 
 
+def test_an_instance_that_stays_unhealthy_gets_its_previous_os_disk_and_the_upgrade_goes_on(
+    fleet: Fleet,
+) -> None:
+    """M-10 newer: "an instance not healthy within 5 minutes gets its previous OS disk back" — at once, not
+    only when the policy is breached. One bad instance of ten stays under the 20 % of upgraded instances,
+    so the run goes on and completes; that instance is back on 1.0.0 (its old disk), and since the policy
+    held, 2.0.0 is not blocked and not offered again either (the platform tried it once)."""
+    create(fleet, "web", auto_body(10, rolling={"maxUnhealthyUpgradedInstancePercent": 20}))
+    key = f"{the_set(fleet, 'web').uid}/9"
+    fleet.sim.add_fault(Fault("hang", image="2.0.0", keys={key}))
+    disks = {i.instance_id: i.os_disk_generation for i in fleet.instances()}
+
+    publish(fleet, "2.0.0")
+    fleet.run()
+
+    (run,) = runs(fleet, "web")
+    assert (run.status, run.roll_back_each_failure) == ("Completed", True)
+    states = {m.instance_id: m.state for m in fleet.members()}
+    assert states.pop(9) == "rolled_back"
+    assert set(states.values()) == {"succeeded"}
+    assert images(fleet, "web") == {**{i: "2.0.0" for i in range(9)}, 9: "1.0.0"}
+    assert {i.instance_id: i.os_disk_generation for i in fleet.instances()}[9] == disks[9]
+    assert blocked(fleet, "web") == []
+    assert the_set(fleet, "web").exact_image_version == "2.0.0"
+    fleet.clock.advance(3600)
+    assert fleet.container.platform.sweep() == []
+
+
 def test_deleting_a_set_removes_its_blocked_versions(fleet: Fleet) -> None:
     """Blocks are keyed by the set's uid with no foreign key: the set's removal takes them with it."""
     create(fleet, "web", auto_body(2))

@@ -93,3 +93,30 @@ def test_a_stopped_member_is_seen_unhealthy_at_once(fleet: Fleet) -> None:
     fleet.container.executor.observe()
     fleet.run()
     assert "upgrading" in phases
+
+
+def test_kept_rows_give_the_same_view_through_per_failure_restores(fleet: Fleet) -> None:
+    """A run that rolls each failed member back and goes on (automatic extension upgrades, M-19) passes
+    through `restoring` between batches; what is kept must still match a fresh read around it."""
+    from tests.unit import test_extension_pins as pins
+
+    fleet.create(pins.with_script(rolling_body(5, version="1.0.0", maxBatchInstancePercent=20)))
+    pins.publish_custom_script(fleet, "2.2.0")
+    bad = pins.instance_key(fleet, 1)
+    fleet.sim.add_fault(Fault("extension_failure", extension="hello", version="2.2.0", keys={bad}))
+    fleet.container.scalesets.vm_action(SUB, GROUP, NAME, "1", "restart")
+    fleet.run()
+    fleet.clock.advance(30)
+    phases = compare_every_view(fleet)
+
+    pins.start_platform_extension_run(fleet, "2.2.0", maxUnhealthyUpgradedInstancePercent=50)
+    fleet.run()
+
+    assert {"ready", "upgrading", "restoring"} <= set(phases)
+    assert [m.state for m in fleet.members()] == [
+        "succeeded",
+        "rolled_back",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ]

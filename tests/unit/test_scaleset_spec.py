@@ -235,7 +235,7 @@ def test_image_reference_needs_every_part(field: str) -> None:
     assert_invalid(refused(document), f"{IMAGE}.{field}")
 
 
-def test_custom_images_are_refused_for_now() -> None:
+def test_managed_image_ids_are_refused_only_gallery_images_are_taken() -> None:
     document = body()
     image_of(document)["id"] = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/x"
     assert_invalid(refused(document), f"{IMAGE}.id")

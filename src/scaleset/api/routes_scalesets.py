@@ -27,7 +27,7 @@ from scaleset.api.views import (
 from scaleset.bootstrap import Container
 from scaleset.catalog.manifest import ImageManifest, parse_image_manifest
 from scaleset.domain.errors import ArmError, invalid
-from scaleset.domain.scaleset_spec import ImageRequest, has_health_probe
+from scaleset.domain.scaleset_spec import has_health_probe, reference_request
 from scaleset.engine.executor import instance_key
 from scaleset.engine.rolling import facts_of
 from scaleset.services.scalesets import POWER_ACTIONS, set_id_of
@@ -169,10 +169,7 @@ class _VmRenderer:
         if key not in self._manifests:
             reference = self.model(instance)["storageProfile"]["imageReference"]
             image = self._c.catalog.find(
-                self._set.location,
-                ImageRequest(
-                    reference["publisher"], reference["offer"], reference["sku"], instance.image_version
-                ),
+                self._set.location, reference_request(reference).with_version(instance.image_version)
             )
             self._manifests[key] = parse_image_manifest(image.manifest) if image else None
         report = self._c.provider.read_guest_report(instance_key(self._set, instance))

@@ -21,7 +21,7 @@ from scaleset.api.vm_deps import vm_service
 from scaleset.bootstrap import Container
 from scaleset.catalog.manifest import parse_image_manifest
 from scaleset.domain.errors import ArmError
-from scaleset.domain.scaleset_spec import ImageRequest, merge_patch
+from scaleset.domain.scaleset_spec import merge_patch, reference_request
 from scaleset.engine.executor import instance_key
 from scaleset.services.lookups import resource_not_found
 from scaleset.services.vms import VM_ACTIONS, VmState, vm_id_of
@@ -63,7 +63,7 @@ def _vm_instance_view(c: Container, state: VmState) -> dict[str, Any]:
     reference = state.model["storageProfile"]["imageReference"]
     image = c.catalog.find(
         state.scale_set.location,
-        ImageRequest(reference["publisher"], reference["offer"], reference["sku"], instance.image_version),
+        reference_request(reference).with_version(instance.image_version),
     )
     manifest = parse_image_manifest(image.manifest) if image else None
     report = c.provider.read_guest_report(instance_key(state.scale_set, instance))

@@ -107,3 +107,15 @@ GroupOption = Annotated[
 NoWaitOption = Annotated[
     bool, typer.Option("--no-wait", help="Do not wait for the long-running operation to finish.")
 ]
+
+
+def bool_value(value: str | None, flag: str) -> bool | None:
+    """az's true/false option values (`--enable-auto-upgrade true`)."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise usage_error(f"expected true or false, got {value!r}", flag)

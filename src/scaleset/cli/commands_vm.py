@@ -18,6 +18,7 @@ from scaleset.cli.client import ApiClient
 from scaleset.cli.commands_common import (
     GroupOption,
     NoWaitOption,
+    bool_value,
     client,
     confirm_or_refuse,
     emit,
@@ -272,9 +273,11 @@ def set_extension(
         bool, typer.Option("--no-auto-upgrade-minor-version", help="Pin the minor version.")
     ] = False,
     enable_auto_upgrade: Annotated[
-        bool | None,
+        str | None,
         typer.Option(
-            "--enable-auto-upgrade", help="Upgrade automatically when a newer version is published."
+            "--enable-auto-upgrade",
+            help="true: the platform upgrades it when a newer minor version is published (az's form).",
+            show_default=False,
         ),
     ] = None,
     force_update: Annotated[
@@ -294,8 +297,9 @@ def set_extension(
         properties["settings"] = json_argument(settings, "--settings")
     if protected_settings is not None:
         properties["protectedSettings"] = json_argument(protected_settings, "--protected-settings")
-    if enable_auto_upgrade is not None:
-        properties["enableAutomaticUpgrade"] = enable_auto_upgrade
+    automatic = bool_value(enable_auto_upgrade, "--enable-auto-upgrade")
+    if automatic is not None:
+        properties["enableAutomaticUpgrade"] = automatic
     if force_update:
         properties["forceUpdateTag"] = str(uuid.uuid4())
     vm = api.get(vm_path(api, group, vm_name))

@@ -15,6 +15,7 @@ from scaleset.cli.client import ApiClient, CliError
 from scaleset.cli.commands_common import (
     GroupOption,
     NoWaitOption,
+    bool_value,
     client,
     emit,
     group_location,
@@ -221,7 +222,11 @@ def create(
     name: NameOption,
     image: Annotated[
         str | None,
-        typer.Option("--image", help="Image URN: PUBLISHER:OFFER:SKU:VERSION (VERSION may be latest)."),
+        typer.Option(
+            "--image",
+            help="Image URN: PUBLISHER:OFFER:SKU:VERSION (VERSION may be latest), or a gallery image id "
+            "(/subscriptions/.../galleries/G/images/I[/versions/V]).",
+        ),
     ] = None,
     template: Annotated[
         str | None,
@@ -293,8 +298,10 @@ def create(
     else:
         if image is None:
             raise usage_error("give --image PUBLISHER:OFFER:SKU:VERSION or --template FILE", "--image")
+        # az's --image takes a gallery image id too (docs/galleries.md); without /versions/... it is latest.
+        gallery_image = image.strip() if image.strip().startswith("/") else None
         try:
-            urn = parse_urn(image)
+            urn = parse_urn(image) if gallery_image is None else ImageUrn("-", "-", "-", "-")
         except ValueError as exc:
             raise usage_error(str(exc), "--image") from exc
         body = build_vmss_body(
@@ -309,6 +316,9 @@ def create(
             computer_name_prefix=computer_name_prefix or default_computer_name_prefix(name),
             admin_username=admin_username or DEFAULT_ADMIN_USERNAME,
         )
+        if gallery_image is not None:
+            storage = body["properties"]["virtualMachineProfile"]["storageProfile"]
+            storage["imageReference"] = {"id": gallery_image}
     emit(ctx, api.begin("PUT", api.vmss_path(group, name), body, wait=not no_wait), VMSS_COLUMNS)
 
 
@@ -333,17 +343,6 @@ def list_sets(
     else:
         path = f"{api.subscription_path}/providers/Microsoft.Compute/virtualMachineScaleSets"
     emit(ctx, api.get_pages(path), VMSS_COLUMNS)
-
-
-def _bool_value(value: str | None, flag: str) -> bool | None:
-    if value is None:
-        return None
-    lowered = value.lower()
-    if lowered in ("true", "yes", "1"):
-        return True
-    if lowered in ("false", "no", "0"):
-        return False
-    raise usage_error(f"expected true or false, got {value!r}", flag)
 
 
 @app.command("update")
@@ -407,17 +406,17 @@ def update(
         (rolling + "pauseTimeBetweenBatches", pause_time_between_batches),
         (
             rolling + "enableCrossZoneUpgrade",
-            _bool_value(enable_cross_zone_upgrade, "--enable-cross-zone-upgrade"),
+            bool_value(enable_cross_zone_upgrade, "--enable-cross-zone-upgrade"),
         ),
         (
             rolling + "prioritizeUnhealthyInstances",
-            _bool_value(prioritize_unhealthy_instances, "--prioritize-unhealthy-instances"),
+            bool_value(prioritize_unhealthy_instances, "--prioritize-unhealthy-instances"),
         ),
         (
             "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
-            _bool_value(enable_auto_os_upgrade, "--enable-auto-os-upgrade"),
+            bool_value(enable_auto_os_upgrade, "--enable-auto-os-upgrade"),
         ),
-        (repairs + "enabled", _bool_value(enable_automatic_repairs, "--enable-automatic-repairs")),
+        (repairs + "enabled", bool_value(enable_automatic_repairs, "--enable-automatic-repairs")),
         (
             repairs + "gracePeriod",
             f"PT{automatic_repairs_grace_period}M" if automatic_repairs_grace_period is not None else None,

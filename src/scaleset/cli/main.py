@@ -136,6 +136,7 @@ app.add_typer(commands_network.app, name="network")
 app.add_typer(commands_gallery.app, name="sig")
 app.add_typer(commands_rollout.app, name="rollout")
 app.add_typer(commands_extension_platform.app, name="extension-upgrade")
+commands_vmss.app.add_typer(commands_extension_platform.vmss_extension_app, name="extension")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from scaleset.bootstrap import Settings, build
 from scaleset.cli.tls import ensure_certificate, is_loopback
 from scaleset.observability.logs import LogFormat, configure_logging
 from scaleset.services.addresses import DEFAULT_POOL
+from scaleset.services.rollouts import load_rollout_phases
 
 console = Console(stderr=True)
 
@@ -87,6 +88,14 @@ def serve(
             help="Let GET /metrics answer without a token (for Prometheus on a trusted network)",
         ),
     ] = False,
+    rollout_phases: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SCALESET_ROLLOUT_PHASES",
+            help="JSON file of the rollout phases of platform upgrades: a list of phases, each a list of "
+            "regions (docs/availability-first.md) [default: the built-in phases]",
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane: Azure's Compute REST API, the engine and the local provider."""
     configure_logging(log_level, log_format)
@@ -100,8 +109,17 @@ def serve(
         )
         raise typer.Exit(2)
     directory = (data_dir or default_data_dir()).resolve()
+    try:
+        load_rollout_phases(rollout_phases)
+    except ValueError as error:  # refuse to start on a bad file rather than roll out in a wrong order
+        say(f"[red]Refusing to start[/red]: {error}", logging.ERROR)
+        raise typer.Exit(2) from None
     settings = Settings(
-        data_dir=directory, database_url=database_url, address_pool=address_pool, page_size=page_size
+        data_dir=directory,
+        database_url=database_url,
+        address_pool=address_pool,
+        page_size=page_size,
+        rollout_phases=rollout_phases,
     )
     container = build(settings)
     container.start()

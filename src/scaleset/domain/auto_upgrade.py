@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY
-from scaleset.domain.versions import ImageVersion, is_latest
+from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY, reference_follows_latest
+from scaleset.domain.versions import ImageVersion
 
 Json = dict[str, Any]
 PLATFORM = "Platform"
@@ -86,6 +86,8 @@ def platform_run_policy(upgrade_policy: Mapping[str, Any]) -> tuple[Json, bool]:
         policy.update(own)
     rollback = not settings.disable_rollback
     policy["rollbackFailedInstancesOnPolicyBreach"] = rollback
+    # Never two zones of a region at once (M-21): a platform batch stays in one zone whatever the set says.
+    policy["enableCrossZoneUpgrade"] = False
     return policy, rollback
 
 
@@ -187,4 +189,5 @@ def version_to_restore(members: Iterable[MemberOutcome], blocked: frozenset[str]
 
 
 def follows_latest(image_reference: Mapping[str, Any]) -> bool:
-    return is_latest(str(image_reference.get("version", "")))
+    """A platform image on 'latest', or a gallery image id without /versions/... (M-12)."""
+    return reference_follows_latest(image_reference)

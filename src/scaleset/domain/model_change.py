@@ -16,6 +16,12 @@
     'extensions'
     >>> change_action(before, dict(before), "1.0.0", "1.0.0")
     'none'
+
+The exact extension versions a model version runs (its pins, services/extension_pins.py) are part of what
+the guest agent applies: the same model with an extension pinned to another version is an extensions update.
+
+    >>> change_action(after, after, "1.0.0", "1.0.0", {"x": "1.0.0"}, {"x": "1.1.0"})
+    'extensions'
 """
 
 from __future__ import annotations
@@ -37,12 +43,25 @@ def _canonical(model: Mapping[str, Any], leave_out: tuple[str, ...]) -> str:
 
 
 def change_action(
-    before: Mapping[str, Any], after: Mapping[str, Any], before_image: str, after_image: str
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    before_image: str,
+    after_image: str,
+    before_pins: Mapping[str, str] | None = None,
+    after_pins: Mapping[str, str] | None = None,
 ) -> ChangeAction:
-    """The action that takes an instance running `before` on image `before_image` to `after`."""
+    """The action that takes an instance running `before` on image `before_image` (and extension versions
+    `before_pins`) to `after`. Pins are compared only when both are known (model versions written before
+    pins existed have none)."""
     skip = _GUEST_AGENT_PARTS + _CONTROL_PLANE_PARTS
     if before_image != after_image or _canonical(before, skip) != _canonical(after, skip):
         return "reimage"
     if _canonical(before, _CONTROL_PLANE_PARTS) != _canonical(after, _CONTROL_PLANE_PARTS):
         return "extensions"
+    if before_pins is not None and after_pins is not None and _pins(before_pins) != _pins(after_pins):
+        return "extensions"
     return "none"
+
+
+def _pins(pins: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): version for name, version in pins.items()}

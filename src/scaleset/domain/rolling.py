@@ -16,6 +16,11 @@ A run moves through these phases:
     rolling_back ──FinishRollback──▶ done Faulted            (RollingBack while the restores run)
     ready ──Finish──▶ done  (Completed: nothing left; Cancelled; Faulted by the gate before a batch)
 
+    With `roll_back_each_failure` (automatic extension upgrades, M-19, M-22) a batch with failed members
+    that does not breach the policy is judged `restore` instead of `continue`:
+    upgrading ──JudgeBatch(restore)──▶ restoring ──FinishRestore──▶ ready
+    (each failed member gets its previous model back, and the run goes on with the next batch).
+
 Azure's gates (azure-api.md §2.2, §4.2), with the set of 10 instances at the default 20 %:
 
 - Before every batch: more than 20 % of the set (3 or more of 10) unhealthy for any reason stops the run
@@ -92,6 +97,8 @@ class RunView:
     unhealthy_count: int  # live instances not healthy now, for any reason
     candidates: tuple[Candidate, ...]  # live instances no batch of this run has taken yet
     members: tuple[Member, ...]
+    # Roll each failed member back as soon as its batch is judged, not only on a breach (M-19, M-22).
+    roll_back_each_failure: bool = False
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -121,10 +128,19 @@ class ArmHealthWait:
 class JudgeBatch:
     succeeded: tuple[int, ...]  # row ids
     failed: tuple[int, ...]
-    outcome: Literal["continue", "cancel", "fault", "rollback"]
+    outcome: Literal["continue", "restore", "cancel", "fault", "rollback"]
     summary: str
     error_code: str | None = None
-    not_before: datetime | None = None  # continue: the pause between batches
+    not_before: datetime | None = None  # continue, restore: the pause between batches
+
+
+@dataclass(frozen=True)
+class FinishRestore:
+    """The failed members of the batch just judged are back on their previous model: go on."""
+
+    rolled_back: tuple[int, ...]
+    rollback_failed: tuple[int, ...]
+    summary: str
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,7 @@ class Finish:
     error_code: str | None = None
 
 
-Step = Wait | StartBatch | ArmHealthWait | JudgeBatch | FinishRollback | Finish
+Step = Wait | StartBatch | ArmHealthWait | JudgeBatch | FinishRollback | FinishRestore | Finish
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -153,6 +169,8 @@ def plan_next_step(view: RunView, now: datetime) -> Step:
         return _judge_current_batch(view, now)
     if view.phase == "rolling_back":
         return _finish_rollback(view)
+    if view.phase == "restoring":
+        return _finish_restore(view)
     return Wait(None, "the run is over")
 
 
@@ -210,6 +228,16 @@ def _judge_current_batch(view: RunView, now: datetime) -> Step:
             "rollback" if view.rollback_on_breach and failed_rows else "fault"
         )
         return JudgeBatch(succeeded, failed_rows, outcome, summary, UNHEALTHY_UPGRADED)
+    if view.roll_back_each_failure and failed_rows:
+        # A cancel waits for these restores: the next step in `ready` ends the run.
+        return JudgeBatch(
+            succeeded,
+            failed_rows,
+            "restore",
+            f"batch {view.batch_number} done: {len(succeeded)} healthy, {len(failed_rows)} failed and "
+            "rolled back to their previous model",
+            not_before=now + view.policy.pause_between_batches,
+        )
     if view.cancel_requested:
         return JudgeBatch(succeeded, failed_rows, "cancel", f"batch {view.batch_number} done; cancelled")
     return JudgeBatch(
@@ -229,6 +257,17 @@ def _finish_rollback(view: RunView) -> Step:
         tuple(m.row_id for m in rolling if m.task != "failed"),
         tuple(m.row_id for m in rolling if m.task == "failed"),
         f"rolled back {len(rolling)} instance(s)",
+    )
+
+
+def _finish_restore(view: RunView) -> Step:
+    rolling = [m for m in view.members if m.state == "rolling_back"]
+    if any(m.task == "open" for m in rolling):
+        return Wait(None, f"batch {view.batch_number}: rolling its failed instances back")
+    return FinishRestore(
+        tuple(m.row_id for m in rolling if m.task != "failed"),
+        tuple(m.row_id for m in rolling if m.task == "failed"),
+        f"batch {view.batch_number}: rolled {len(rolling)} failed instance(s) back; going on",
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from scaleset.domain.durations import parse_duration
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.extensions_spec import validate_extensions
+from scaleset.domain.gallery_spec import GALLERY_PUBLISHER, parse_gallery_image_id, validate_image_id
 from scaleset.domain.placement import DEFAULT_FAULT_DOMAIN_COUNT, MAX_FAULT_DOMAIN_COUNT
 from scaleset.domain.regions import Region, find_region
 from scaleset.domain.versions import ImageVersion, is_latest
@@ -75,16 +76,26 @@ _PROBE_ID = re.compile(
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """The platform image a model asks for; `version` may be 'latest'."""
+    """The catalog image a model asks for; `version` may be 'latest'.
+
+    A gallery image (`imageReference.id`) is asked for under its synthetic catalog coordinates
+    (`domain/gallery_spec.py`), with `gallery_image` holding the definition's id for messages and views.
+    """
 
     publisher: str
     offer: str
     sku: str
     version: str
+    gallery_image: str | None = None
 
     @property
     def urn(self) -> str:
+        if self.gallery_image is not None:
+            return self.gallery_image + ("" if is_latest(self.version) else f"/versions/{self.version}")
         return f"{self.publisher}:{self.offer}:{self.sku}:{self.version}"
+
+    def with_version(self, version: str) -> ImageRequest:
+        return ImageRequest(self.publisher, self.offer, self.sku, version, self.gallery_image)
 
 
 def validate_resource_name(name: str, target: str = "name") -> None:
@@ -212,16 +223,23 @@ def _validate_repairs_policy(raw: Any, target: str) -> Json:
 
 def _validate_image_reference(raw: Any, target: str) -> Json:
     reference = {k: v for k, v in _object(raw, target).items() if k != "exactVersion"}
-    if (
-        reference.get("id")
-        or reference.get("sharedGalleryImageId")
-        or reference.get("communityGalleryImageId")
-    ):
-        raise invalid(
-            f"{target}.id",
-            "Custom and gallery images are not served by this scaleset yet; use a platform image "
-            "(publisher, offer, sku, version).",
-        )
+    for key in ("sharedGalleryImageId", "communityGalleryImageId"):
+        if reference.get(key):
+            raise invalid(
+                f"{target}.{key}",
+                "Shared and community galleries are not served by this scaleset; name a gallery image of "
+                "a subscription with 'id' (docs/galleries.md) or a platform image.",
+            )
+    if reference.get("id"):
+        # A gallery image: by `id` only, as Azure wants; without /versions/... it means latest (M-12).
+        if any(reference.get(key) for key in ("publisher", "offer", "sku", "version")):
+            raise invalid(
+                f"{target}.id",
+                "An image reference names a gallery image by 'id' or a platform image by publisher, "
+                "offer, sku and version, not both.",
+            )
+        validate_image_id(reference["id"], f"{target}.id")
+        return {"id": reference["id"]}
     for key in ("publisher", "offer", "sku", "version"):
         reference[key] = _string(reference.get(key), f"{target}.{key}")
     if not is_latest(reference["version"]):
@@ -383,8 +401,32 @@ def models_differ(before: Json, after: Json) -> bool:
 
 
 def image_request(document: Json) -> ImageRequest:
-    reference = document["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]
+    profile = document["properties"]["virtualMachineProfile"]
+    return reference_request(profile["storageProfile"]["imageReference"])
+
+
+def reference_request(reference: Mapping[str, Any]) -> ImageRequest:
+    """The catalog image a (validated) image reference asks for: a platform image by its URN, a gallery
+    image by the synthetic coordinates of its definition, 'latest' when the id names no version."""
+    gallery = parse_gallery_image_id(str(reference["id"])) if reference.get("id") else None
+    if gallery is not None:
+        return ImageRequest(
+            GALLERY_PUBLISHER,
+            gallery.key,
+            gallery.image.lower(),
+            gallery.version or "latest",
+            gallery.definition_id,
+        )
     return ImageRequest(reference["publisher"], reference["offer"], reference["sku"], reference["version"])
+
+
+def reference_follows_latest(reference: Mapping[str, Any]) -> bool:
+    """Whether a model's image follows new versions: a platform image on 'latest', or a gallery image id
+    without /versions/... (M-7, M-12)."""
+    if reference.get("id"):
+        parsed = parse_gallery_image_id(str(reference["id"]))
+        return parsed is not None and parsed.version is None
+    return is_latest(str(reference.get("version", "")))
 
 
 def _validate_location(raw: Any, current: Json | None) -> Region:
@@ -523,6 +565,10 @@ def _check_image_identity(profile: Json, previous: Json) -> None:
         return
     before = previous["virtualMachineProfile"]["storageProfile"]["imageReference"]
     after = profile["storageProfile"]["imageReference"]
+    if before.get("id") or after.get("id"):
+        # A custom image may be swapped for another one (M-2: "change the custom image"); a gallery id
+        # names no platform publisher/offer to hold fixed.
+        return
     for key in ("publisher", "offer"):
         if str(before[key]).lower() != str(after[key]).lower():
             raise ArmError(
@@ -555,13 +601,19 @@ def _check_automatic_os_upgrade(properties: Json) -> None:
     auto = properties["upgradePolicy"].get("automaticOSUpgradePolicy") or {}
     if not auto.get("enableAutomaticOSUpgrade"):
         return
-    version = properties["virtualMachineProfile"]["storageProfile"]["imageReference"]["version"]
-    if str(version).lower() != "latest":
-        raise invalid(
-            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
-            "Automatic OS image upgrade needs the image version 'latest' in "
-            "virtualMachineProfile.storageProfile.imageReference.version.",
-        )
+    reference = properties["virtualMachineProfile"]["storageProfile"]["imageReference"]
+    if not reference_follows_latest(reference):
+        if reference.get("id"):
+            message = (
+                "Automatic OS image upgrade of a gallery image needs an image id without /versions/... "
+                "(the latest version) in virtualMachineProfile.storageProfile.imageReference.id."
+            )
+        else:
+            message = (
+                "Automatic OS image upgrade needs the image version 'latest' in "
+                "virtualMachineProfile.storageProfile.imageReference.version."
+            )
+        raise invalid("properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade", message)
     if not has_health_source(properties["virtualMachineProfile"]):
         # Azure: the platform judges each batch by a health signal; without one it cannot stop a bad image.
         raise invalid(

@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 from scaleset.catalog.extensions import resolve_handler_version
 from scaleset.catalog.service import artifact_of
 from scaleset.domain.durations import parse_duration
+from scaleset.domain.scaleset_spec import reference_request
+from scaleset.domain.versions import ExtensionVersion
 from scaleset.engine.clock import Clock
 from scaleset.engine.guest_goal import (
     ExtensionUnavailable,
@@ -123,13 +125,23 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _resolve_extension(
-    session: Session, publisher: str, type_: str, type_handler_version: str, auto_minor: bool
+    session: Session,
+    publisher: str,
+    type_: str,
+    type_handler_version: str,
+    auto_minor: bool,
+    pinned: str | None,
 ) -> tuple[str, str] | None:
     images = session.scalars(
         select(ExtensionImage).where(
             ExtensionImage.publisher_key == publisher.lower(), ExtensionImage.type_key == type_.lower()
         )
     ).all()
+    if pinned is not None:
+        # The model version's own pin (services/extension_pins.py): exactly that package, or nothing.
+        exact = ExtensionVersion.parse(pinned)
+        image = next((i for i in images if ExtensionVersion.parse(i.version) == exact), None)
+        return (image.version, image.path) if image else None
     chosen = resolve_handler_version(type_handler_version, (i.version for i in images), auto_minor)
     image = next((i for i in images if i.version == chosen), None)
     return (image.version, image.path) if image else None
@@ -232,7 +244,7 @@ class _ClaimRows:
         self._models: dict[tuple[int, int], ScaleSetModel | None] = {}
         self._histories: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = {}
         self._images: dict[tuple[str, ...], Image | None] = {}
-        self._extensions: dict[tuple[str, str, str, bool], tuple[str, str] | None] = {}
+        self._extensions: dict[tuple[str, str, str, bool, str | None], tuple[str, str] | None] = {}
         self._shared: dict[tuple[int, int, str], _SharedSpec | ProviderError | None] = {}
 
     def shared(
@@ -267,7 +279,10 @@ class _ClaimRows:
 
         try:
             goal = goal_state_for(
-                self.history(scale_set.id, model_version), self.extension, no_protected_settings
+                self.history(scale_set.id, model_version),
+                self.extension,
+                no_protected_settings,
+                model_row.extension_versions,
             )
         except ExtensionUnavailable as error:
             return ProviderError(str(error))
@@ -320,13 +335,9 @@ class _ClaimRows:
         return self._histories[key]
 
     def image(self, location: str, reference: dict[str, Any], version: str) -> Image | None:
-        key = (
-            location,
-            reference["publisher"].lower(),
-            reference["offer"].lower(),
-            reference["sku"].lower(),
-            version,
-        )
+        # A gallery image (`id`) is filed under synthetic catalog coordinates (domain/gallery_spec.py).
+        wanted = reference_request(reference)
+        key = (location, wanted.publisher.lower(), wanted.offer.lower(), wanted.sku.lower(), version)
         if key not in self._images:
             self._images[key] = self._session.scalars(
                 select(Image).where(
@@ -340,9 +351,9 @@ class _ClaimRows:
         return self._images[key]
 
     def extension(
-        self, publisher: str, type_: str, type_handler_version: str, auto_minor: bool
+        self, publisher: str, type_: str, type_handler_version: str, auto_minor: bool, pinned: str | None
     ) -> tuple[str, str] | None:
-        key = (publisher, type_, type_handler_version, auto_minor)
+        key = (publisher, type_, type_handler_version, auto_minor, pinned)
         if key not in self._extensions:
             self._extensions[key] = _resolve_extension(self._session, *key)
         return self._extensions[key]
@@ -640,6 +651,7 @@ class Executor:
                 rows.history(scale_set.id, instance.model_version),
                 rows.extension,
                 lambda sealed: self._encrypt_for(instance, sealed),
+                model_row.extension_versions,
             )
         except ExtensionUnavailable as error:
             raise ProviderError(str(error)) from None

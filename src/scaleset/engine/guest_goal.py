@@ -11,7 +11,7 @@ the model version since which the configuration has been unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,9 @@ from scaleset.guest.goalstate import ExtensionGoal, GoalState, GuestStatus
 from scaleset.providers.base import GuestReport
 
 Json = dict[str, Any]
-# (publisher, type, typeHandlerVersion, autoUpgradeMinorVersion) → (exact version, package directory) or None
-ResolveExtension = Callable[[str, str, str, bool], tuple[str, str] | None]
+# (publisher, type, typeHandlerVersion, autoUpgradeMinorVersion, pinned exact version or None)
+#   → (exact version, package directory) or None
+ResolveExtension = Callable[[str, str, str, bool, str | None], tuple[str, str] | None]
 # sealed protected settings → (base64 CMS for the instance, thumbprint)
 EncryptForInstance = Callable[[str], tuple[str, str]]
 
@@ -48,7 +49,8 @@ def auto_upgrade_minor(properties: Json) -> bool:
     return properties.get("autoUpgradeMinorVersion") is not False
 
 
-def _config(extension: Json) -> str:
+def extension_config(extension: Json) -> str:
+    """What makes an extension's configuration (its seq_no changes with it), as one comparable string."""
     properties = extension["properties"]
     return json.dumps({k: properties.get(k) for k in _CONFIG_KEYS}, sort_keys=True)
 
@@ -57,10 +59,13 @@ def sequence_number(history: Sequence[tuple[int, Json]], name: str) -> int:
     """The first model version of the unbroken run, ending at the newest, in which the extension named
     `name` has its newest configuration. `history` is (model version, model), oldest first."""
     newest_version, newest_model = history[-1]
-    wanted = next(_config(e) for e in extensions_of(newest_model) if e["name"].lower() == name.lower())
+    named = name.lower()
+    wanted = next(extension_config(e) for e in extensions_of(newest_model) if e["name"].lower() == named)
     seq = newest_version
     for version, model in reversed(history):
-        same = [e for e in extensions_of(model) if e["name"].lower() == name.lower() and _config(e) == wanted]
+        same = [
+            e for e in extensions_of(model) if e["name"].lower() == named and extension_config(e) == wanted
+        ]
         if not same:
             break
         seq = version
@@ -68,13 +73,19 @@ def sequence_number(history: Sequence[tuple[int, Json]], name: str) -> int:
 
 
 def goal_state_for(
-    history: Sequence[tuple[int, Json]], resolve: ResolveExtension, encrypt: EncryptForInstance
+    history: Sequence[tuple[int, Json]],
+    resolve: ResolveExtension,
+    encrypt: EncryptForInstance,
+    pins: Mapping[str, str] | None = None,
 ) -> GoalState:
     """The goal state of an instance running the newest model of `history`.
 
+    `pins` are the exact versions that model version runs (`ScaleSetModel.extension_versions`,
+    services/extension_pins.py); an extension without one is resolved from its `typeHandlerVersion`.
     A model without extensions still gets one (with none), so that extensions removed from the model
     are removed from instances the model is applied to.
     """
+    pinned = {name.lower(): version for name, version in (pins or {}).items()}
     incarnation, model = history[-1]
     extensions = extensions_of(model)
     goals = []
@@ -85,6 +96,7 @@ def goal_state_for(
             properties["type"],
             properties["typeHandlerVersion"],
             auto_upgrade_minor(properties),
+            pinned.get(extension["name"].lower()),
         )
         if found is None:
             name = f"{properties['publisher']}.{properties['type']} {properties['typeHandlerVersion']}"
@@ -161,7 +173,10 @@ def judge_guest(report: GuestReport, expect: GuestExpectation) -> GuestVerdict:
     if report.guest_status is None:
         return GuestVerdict(False)
     status = GuestStatus.from_json(report.guest_status)
-    if status.incarnation_applied is None or (expect.incarnation or 0) > status.incarnation_applied:
+    # The guest must have applied this very goal state. Not "at least": a rollback hands an instance an
+    # older model version, hence a lower incarnation, and the report of the newer one it still shows is
+    # not the answer (a newer task on the instance ends this wait instead, engine/executor.py).
+    if status.incarnation_applied is None or (expect.incarnation or 0) != status.incarnation_applied:
         return GuestVerdict(False)
     failures = []
     for name, suppressed in expect.extensions:

@@ -31,6 +31,7 @@ from scaleset.domain.rolling import (
     ROLLING_BACK,
     ArmHealthWait,
     Finish,
+    FinishRestore,
     FinishRollback,
     JudgeBatch,
     Member,
@@ -209,6 +210,7 @@ class _RunRow(NamedTuple):
     not_before: datetime | None
     deadline: datetime | None
     cancel_requested: bool
+    roll_back_each_failure: bool
     set_uid: str
     set_name: str
 
@@ -228,13 +230,14 @@ _RUN = (
         RollingUpgrade.not_before,
         RollingUpgrade.deadline,
         RollingUpgrade.cancel_requested,
+        RollingUpgrade.roll_back_each_failure,
         ScaleSet.uid,
         ScaleSet.name,
     )
     .join(ScaleSet, ScaleSet.id == RollingUpgrade.set_id)
     .where(RollingUpgrade.id == bindparam("run_id"))
 )
-assert _RunRow._fields[:13] == tuple(column.key for column in _RUN.selected_columns)[:13]
+assert _RunRow._fields[:14] == tuple(column.key for column in _RUN.selected_columns)[:14]
 
 
 class RollingEngine:
@@ -388,7 +391,7 @@ class RollingEngine:
 
         candidates: tuple[Candidate, ...] = ()
         unhealthy = 0
-        if run.phase == "rolling_back":
+        if run.phase in ("rolling_back", "restoring"):
             members, instance_count = self._observe_all(session, run, set_id, healthy)
         else:
             earlier, current = self._observe_batches(session, run, healthy)
@@ -412,6 +415,7 @@ class RollingEngine:
             unhealthy_count=unhealthy,
             candidates=candidates,
             members=members,
+            roll_back_each_failure=run.roll_back_each_failure,
         )
         return _Observed(view, run, set_name)
 
@@ -595,11 +599,14 @@ class RollingEngine:
             return False
         if isinstance(step, JudgeBatch):
             return self._judge(session, run, scale_set, operation, step, now)
-        if isinstance(step, FinishRollback):
+        if isinstance(step, FinishRollback | FinishRestore):
             for row in self._members(session, run, step.rolled_back):
                 row.state, row.updated_at = "rolled_back", now
             for row in self._members(session, run, step.rollback_failed):
                 row.state, row.updated_at = "rollback_failed", now
+            if isinstance(step, FinishRestore):
+                run.phase = "ready"
+                return False
             finish_run(session, run, operation, FAULTED, now, run.error)
             return True
         if isinstance(step, Finish):
@@ -659,8 +666,17 @@ class RollingEngine:
                     target.model,
                     instance.image_version,
                     target.exact_image_version,
+                    before.extension_versions if before else None,
+                    target.extension_versions,
                 )
-                actions[known] = "extensions" if change == "none" and run.kind == "extension" else change
+                # An extension upgrade onto a model version without pins, or from one, cannot tell whether
+                # the versions differ: the extensions are applied again.
+                unknown = (
+                    before is None or before.extension_versions is None or target.extension_versions is None
+                )
+                if change == "none" and run.kind == "extension" and unknown:
+                    change = "extensions"
+                actions[known] = change
             action = actions[known]
             members.append(
                 {
@@ -758,6 +774,13 @@ class RollingEngine:
         if step.outcome == "continue":
             run.phase, run.not_before, run.deadline = "ready", step.not_before, None
             return False
+        if step.outcome == "restore":
+            # Only this batch's failed members: earlier batches' were restored when they were judged.
+            run.phase, run.not_before, run.deadline = "restoring", step.not_before, None
+            for row in failed_rows:
+                row.state, row.updated_at = "rolling_back", now
+                self._roll_back(session, operation, row, now)
+            return False
         error = ArmError(409, step.error_code or "RollingUpgradeFailed", step.summary).to_body()
         if step.outcome == "cancel":
             finish_run(session, run, operation, CANCELLED, now, None)
@@ -794,9 +817,10 @@ class RollingEngine:
             instance.os_disk_generation = row.before_os_disk_generation
             add_task(session, operation, instance, "restore", now)
         else:
-            # An extensions-only change: the previous model's extensions, reinstalled on a fresh OS disk.
-            instance.os_disk_generation += 1
-            add_task(session, operation, instance, "reimage", now)
+            # An extensions-only change: the guest agent goes back to the previous model's extensions, at
+            # the versions that model version pins (an older handler version is a downgrade, which the
+            # protocol allows), without touching the OS disk.
+            add_task(session, operation, instance, "extensions", now)
 
     @staticmethod
     def _members(session: Session, run: RollingUpgrade, row_ids: Sequence[int]) -> list[UpgradeInstance]:

@@ -90,7 +90,8 @@ class Fault:
       slow_boot            up after `seconds` instead of the provider's boot_seconds
       flapping             once up, healthy for `seconds`, unhealthy for `seconds`, and so on
       crash_after_healthy  stops by itself `seconds` after it came up (STOPPED, with a message)
-      extension_failure    the extension named `extension` (None: every one) reports its enable failed
+      extension_failure    the extension named `extension` (None: every one) reports its enable failed,
+                           at handler version `version` only when one is given (a bad release)
 
     Selectors (all must match; None matches everything): `image`, the image version's directory name
     (a published version's artifact lives in `.../<sku>/<version>`, so "2.0.0") or the whole path;
@@ -105,6 +106,7 @@ class Fault:
     keys: Collection[str] | None = None
     rate: float = 1.0
     extension: str | None = None
+    version: str | None = None
     message: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -462,14 +464,14 @@ def _uniform(seed: int, key: str, boot: int, index: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-# (extension name, message) for each extension_failure fault that struck; the name None means all.
-_Failures = tuple[tuple[str | None, str], ...]
+# (extension name, handler version, message) for each extension_failure fault that struck; None means any.
+_Failures = tuple[tuple[str | None, str | None, str], ...]
 
 
 def _failing_extensions(faults: tuple[Fault, ...] | None) -> _Failures | None:
     if faults is None:
         return None
-    failures = tuple((f.extension, f.message) for f in faults if f.kind == "extension_failure")
+    failures = tuple((f.extension, f.version, f.message) for f in faults if f.kind == "extension_failure")
     return failures or None
 
 
@@ -502,7 +504,14 @@ def _extension_status(
     if extension.state == "uninstall":
         return None  # an uninstalled extension leaves the status
     seq_no = extension.effective_seq_no
-    failure = next((m for name, m in failing or () if name is None or name == extension.name), None)
+    failure = next(
+        (
+            message
+            for name, version, message in failing or ()
+            if name in (None, extension.name) and version in (None, extension.version)
+        ),
+        None,
+    )
     settings: SettingsStatus | None
     if extension.state == "disabled":
         state, status, code, message = "Installed", "NotReady", 0, "Plugin disabled"

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scaleset.domain.errors import invalid
+from scaleset.domain.gallery_spec import gallery_base_id, parse_gallery_image_id
 from scaleset.engine.clock import Clock
 from scaleset.services.lookups import require_set
 from scaleset.services.upgrades import RunStatus, run_status
@@ -111,10 +112,17 @@ def target_image_reference(model: Json, exact_version: str) -> Json:
     >>> target_image_reference({"storageProfile": {"imageReference": {"publisher": "p", "offer": "o",
     ...     "sku": "s", "version": "latest", "exactVersion": "1.0.0"}}}, "1.1.0")
     {'publisher': 'p', 'offer': 'o', 'sku': 's', 'version': '1.1.0'}
+    >>> target_image_reference({"storageProfile": {"imageReference": {"id": "/subscriptions/s/resourceGroups/"
+    ...     "g/providers/Microsoft.Compute/galleries/gal/images/def"}}}, "1.1.0")["id"].split("/images/")[1]
+    'def/versions/1.1.0'
     """
     reference = {k: v for k, v in _image_reference(model).items() if k != "exactVersion"}
     if reference.get("id") and not reference.get("publisher"):
-        # A custom image is named by its id; the version it resolved to is the read-only exactVersion.
+        # A custom image is named by its id; the version it resolved to is the read-only exactVersion. A
+        # gallery image's id names that version too (without /versions/... it would read as 'latest').
+        gallery = parse_gallery_image_id(str(reference["id"]))
+        if gallery is not None:
+            reference["id"] = f"{gallery_base_id(str(reference['id']))}/versions/{exact_version}"
         reference["exactVersion"] = exact_version
     else:
         reference["version"] = exact_version

@@ -24,8 +24,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
-from scaleset.catalog.manifest import parse_image_manifest
-from scaleset.catalog.service import ImageCatalog
+from scaleset.catalog.service import ImageCatalog, supports_automatic_os_upgrade
 from scaleset.domain.auto_upgrade import (
     PLATFORM,
     AutoOsSettings,
@@ -40,7 +39,7 @@ from scaleset.domain.auto_upgrade import (
 )
 from scaleset.domain.errors import invalid, operation_not_allowed
 from scaleset.domain.model_change import change_action
-from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED
+from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED, FAULTED
 from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
@@ -87,7 +86,10 @@ class PlatformUpgrades:
 
     # ---------------------------------------------------------------------------------- listeners
     def on_image_published(self, image: Image) -> list[str]:
-        """A new version is out: every opted-in set on its publisher/offer/sku starts its run now."""
+        """A new version is out: every opted-in set on its publisher/offer/sku starts its run now.
+
+        A gallery version is heard once per target region it may be 'latest' in (its catalog row there,
+        under the definition's synthetic coordinates), so only sets of those regions are looked at."""
         with self._db.read() as session:
             candidates = [
                 s.id
@@ -97,7 +99,8 @@ class PlatformUpgrades:
         return self._consider_all(candidates)
 
     def on_run_finished(self, run_id: str) -> None:
-        """A run ended: remember a rolled-back image, then see whether the set has an upgrade waiting."""
+        """A run ended: remember a rolled-back image, then see whether the set, and the sets its rollout
+        held back, have an upgrade waiting."""
         try:
             with self._db.write() as session:
                 run = session.get(RollingUpgrade, run_id)
@@ -106,6 +109,9 @@ class PlatformUpgrades:
                 set_id = run.set_id
                 record_outcome(session, run, self._clock.now())
             self._consider(set_id)
+            # The end of a run may let the next targets of its rollout go (the next phase, VM wave or
+            # zone, M-21): they are considered now rather than at the next sweep.
+            self._consider_all(self._rollouts.held_back(run_id, "image"))
         except Exception:  # the engine's other listeners still run; the next sweep retries this
             log.exception("automatic OS upgrade: the end of run %s could not be handled", run_id)
 
@@ -238,6 +244,9 @@ class PlatformUpgrades:
                 now=now,
                 policy=policy,
             )
+            # M-10: an instance not healthy within the health wait gets its previous OS disk back at once,
+            # not only when the policy is breached (unless disableAutomaticRollback).
+            run.roll_back_each_failure = rollback
             name = scale_set.name
         log.info(
             "automatic OS upgrade of set %s to %s started (run %s): %s",
@@ -250,14 +259,11 @@ class PlatformUpgrades:
         return run, decision
 
     def _published(self, scale_set: ScaleSet) -> tuple[tuple[str, bool], ...]:
+        """(version, may be offered) of the set's image in its region. A gallery image's versions excluded
+        from latest there are left out; the others need no manifest flag (`supports_automatic_os_upgrade`)."""
         request = image_request(scale_set.document)
-        images = self._catalog.list_versions(
-            scale_set.location, request.publisher, request.offer, request.sku
-        )
-        return tuple(
-            (image.version, parse_image_manifest(image.manifest).automatic_os_upgrade_supported)
-            for image in images
-        )
+        images = self._catalog.latest_candidates(scale_set.location, request)
+        return tuple((image.version, supports_automatic_os_upgrade(image)) for image in images)
 
 
 # ------------------------------------------------------------------------------------------- facts
@@ -282,7 +288,9 @@ def _facts(
     )
     platform_runs = session.scalars(
         select(RollingUpgrade).where(
-            RollingUpgrade.set_id == scale_set.id, RollingUpgrade.started_by == PLATFORM
+            RollingUpgrade.set_id == scale_set.id,
+            RollingUpgrade.started_by == PLATFORM,
+            RollingUpgrade.kind == "os",  # an automatic extension upgrade tries no image
         )
     )
     attempted = {run.target_image_version for run in platform_runs if _counts_as_tried(session, run, now)}
@@ -315,12 +323,17 @@ def _counts_as_tried(session: Session, run: RollingUpgrade, now: datetime) -> bo
 
 
 def image_key(scale_set: ScaleSet) -> str:
-    """The set's image whatever its version, as a rollout names it (`RolloutSubject.key`)."""
+    """The set's image whatever its version, as a rollout names it (`RolloutSubject.key`): a platform
+    image's publisher:offer:sku, a gallery image's definition id (as `rollouts.image_key_of`)."""
     request = image_request(scale_set.document)
+    if request.gallery_image is not None:
+        return request.gallery_image.lower()
     return f"{request.publisher}:{request.offer}:{request.sku}".lower()
 
 
 def _same_image(scale_set: ScaleSet, image: Image) -> bool:
+    """Whether a catalog row is a version of the set's image; a gallery image compares by the synthetic
+    coordinates of its definition (`reference_request`), which its catalog rows carry."""
     request = image_request(scale_set.document)
     return (request.publisher.lower(), request.offer.lower(), request.sku.lower()) == (
         image.publisher_key,
@@ -357,9 +370,7 @@ def _unrecorded_rollbacks(session: Session) -> list[RollingUpgrade]:
     recorded = exists().where(BlockedImageVersion.run_id == RollingUpgrade.id)
     return list(
         session.scalars(
-            select(RollingUpgrade).where(
-                RollingUpgrade.status.not_in(ACTIVE_STATUSES), rolled_back, ~recorded
-            )
+            select(RollingUpgrade).where(RollingUpgrade.status == FAULTED, rolled_back, ~recorded)
         )
     )
 
@@ -370,7 +381,10 @@ def record_outcome(session: Session, run: RollingUpgrade, now: datetime) -> Bloc
     A platform run's set also goes back to the image its instances were rolled back to, so instances the
     set makes from now on (scale-out, repairs) do not start on the image that just failed.
     """
-    if run.status in ACTIVE_STATUSES:
+    if run.status != FAULTED:
+        # Instances restored one by one in a run that went on and completed (M-10) are not proof against
+        # the version: the policy held, and the platform does not offer the same version again anyway
+        # (`attempted`). Only a run the policy stopped blocks it.
         return None
     if session.scalar(select(BlockedImageVersion.id).where(BlockedImageVersion.run_id == run.id)) is not None:
         return None
@@ -409,11 +423,11 @@ def record_outcome(session: Session, run: RollingUpgrade, now: datetime) -> Bloc
         restore = version_to_restore(members, blocked_image_versions(session, scale_set) | {version})
         if restore is not None:
             new_model_version(session, scale_set, restore, now)
-            _record_unchanged_instances(session, scale_set)
+            record_unchanged_instances(session, scale_set)
     return block
 
 
-def _record_unchanged_instances(session: Session, scale_set: ScaleSet) -> None:
+def record_unchanged_instances(session: Session, scale_set: ScaleSet) -> None:
     """Instances that already run what the newest model says (image and all) are recorded as on it:
     nothing needs doing to them, as for a batch member whose change action is 'none'."""
     newest = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
@@ -431,7 +445,14 @@ def _record_unchanged_instances(session: Session, scale_set: ScaleSet) -> None:
         before = models[instance.model_version]
         if before is None:
             continue
-        action = change_action(before.model, newest.model, instance.image_version, newest.exact_image_version)
+        action = change_action(
+            before.model,
+            newest.model,
+            instance.image_version,
+            newest.exact_image_version,
+            before.extension_versions,
+            newest.extension_versions,
+        )
         if action == "none":
             # Only the model number moves: `updated_at` dates the instance's last provisioning, and nothing
             # was provisioned here.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from scaleset.domain.errors import ArmError
 from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED, COMPLETED, FAULTED, ROLLING_FORWARD
 from scaleset.domain.scaleset_spec import DEFAULT_ROLLING_POLICY
 from scaleset.services.operations import start_operation
+from scaleset.services.set_rows import write_model_version
 from scaleset.store.tables import (
     BlockedImageVersion,
     Operation,
@@ -55,23 +57,31 @@ def blocked_image_versions(session: Session, scale_set: ScaleSet) -> frozenset[s
     )
 
 
-def new_model_version(session: Session, scale_set: ScaleSet, exact_image_version: str, now: datetime) -> int:
-    """Record the set's current model again as a new version (a new image under `latest`, or extensions
-    re-resolved to their newest versions), so instances can be told apart by the version they run."""
+def new_model_version(
+    session: Session,
+    scale_set: ScaleSet,
+    exact_image_version: str,
+    now: datetime,
+    *,
+    extensions_afresh: bool = False,
+    extension_overrides: Mapping[str, str] | None = None,
+) -> int:
+    """Record the set's current model again as a new version, so instances can be told apart by the
+    version they run: a new image under `latest`; with `extensions_afresh`, every extension re-resolved to
+    its newest allowed version (extensionRollingUpgrade); with `extension_overrides` ({name: version}),
+    those extensions moved to those versions (the automatic extension upgrade). Other pins carry over
+    (services/extension_pins.py)."""
     current = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
     assert current is not None
-    scale_set.model_version += 1
-    scale_set.exact_image_version = exact_image_version
-    session.add(
-        ScaleSetModel(
-            set_id=scale_set.id,
-            version=scale_set.model_version,
-            model=copy.deepcopy(current.model),
-            exact_image_version=exact_image_version,
-            created_at=now,
-        )
+    return write_model_version(
+        session,
+        scale_set,
+        copy.deepcopy(current.model),
+        exact_image_version,
+        now,
+        extensions_afresh=extensions_afresh,
+        extension_overrides=extension_overrides,
     )
-    return scale_set.model_version
 
 
 def begin_run(

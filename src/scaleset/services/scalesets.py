@@ -19,15 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scaleset.catalog.extensions import ExtensionCatalog
-from scaleset.catalog.manifest import parse_image_manifest
-from scaleset.catalog.service import ImageCatalog, image_not_found
+from scaleset.catalog.service import ImageCatalog, image_not_found, supports_automatic_os_upgrade
 from scaleset.domain.auto_upgrade import AutoOsSettings
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
 from scaleset.domain.extensions_spec import extension_named
 from scaleset.domain.placement import Placement, place_instances
 from scaleset.domain.regions import find_region
 from scaleset.domain.scaleset_spec import (
-    ImageRequest,
     image_request,
     merge_patch,
     validate_resource_name,
@@ -506,22 +504,14 @@ class ScaleSetService:
         now = self._clock.now()
         target = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
         assert target is not None
-        models: dict[int, Json] = {}
+        models: dict[int, ScaleSetModel | None] = {}
         for instance in instances:
             if instance.model_version not in models:
-                row = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
-                models[instance.model_version] = row.model if row else {}
+                models[instance.model_version] = session.get(
+                    ScaleSetModel, (scale_set.id, instance.model_version)
+                )
             instance.updated_at = now
-            move_to_model(
-                session,
-                operation,
-                instance,
-                models[instance.model_version],
-                target.model,
-                scale_set.model_version,
-                target.exact_image_version,
-                now,
-            )
+            move_to_model(session, operation, instance, models[instance.model_version], target, now)
 
     def vm_action(
         self,
@@ -586,7 +576,7 @@ class ScaleSetService:
     def _catalog_version(self, scale_set: ScaleSet, version: str) -> str:
         """The catalog's spelling of a requested version (1.01.0 finds 1.1.0), or 404."""
         requested = image_request(scale_set.document)
-        exact = ImageRequest(requested.publisher, requested.offer, requested.sku, version)
+        exact = requested.with_version(version)
         image = self._catalog.find(scale_set.location, exact)
         if image is None:
             raise image_not_found(scale_set.location, exact)
@@ -673,7 +663,7 @@ def _check_automatic_os_upgrade_supported(document: Json, image: Image) -> None:
     write, so a newer version without the mark does not lock the set; the platform just never offers it."""
     if not AutoOsSettings.of(document["properties"]["upgradePolicy"]).enabled:
         return
-    if not parse_image_manifest(image.manifest).automatic_os_upgrade_supported:
+    if not supports_automatic_os_upgrade(image):  # gallery images always do (catalog/service.py)
         raise invalid(
             "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
             f"Automatic OS image upgrade is not supported by the image {image.publisher}:{image.offer}:"

@@ -92,7 +92,9 @@ class UpgradeService:
             if kind == "os" and image_version is not None and image_version != scale_set.exact_image_version:
                 new_model_version(session, scale_set, image_version, now)
             elif kind == "extension":
-                new_model_version(session, scale_set, scale_set.exact_image_version, now)
+                new_model_version(
+                    session, scale_set, scale_set.exact_image_version, now, extensions_afresh=True
+                )
             operation = operation_of(session, begin_user_run(session, scale_set, kind, now))
         self._wake()
         return operation

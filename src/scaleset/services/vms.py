@@ -29,7 +29,7 @@ from scaleset.catalog.extensions import ExtensionCatalog
 from scaleset.catalog.service import ImageCatalog, image_not_found
 from scaleset.domain.availability_set_spec import next_domains
 from scaleset.domain.errors import ArmError, invalid, operation_not_allowed
-from scaleset.domain.scaleset_spec import image_request, model_of, validate_scale_set
+from scaleset.domain.scaleset_spec import image_request, validate_scale_set
 from scaleset.domain.vm_spec import (
     availability_set_of,
     replace_extension,
@@ -309,19 +309,13 @@ class VmService:
         if not changed:
             return
         add_model_version(session, scale_set, set_document, image_version, now)
+        session.flush()
+        target = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
+        assert target is not None
         for instance in live_instances(session, scale_set):
             before = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
             assert before is not None, "every model version an instance runs is kept"
-            move_to_model(
-                session,
-                operation,
-                instance,
-                before.model,
-                model_of(set_document),
-                scale_set.model_version,
-                image_version,
-                now,
-            )
+            move_to_model(session, operation, instance, before, target, now)
 
     def _image_version(self, set_document: Json, existing: VirtualMachine | None) -> str:
         """The exact image version to run. A VM keeps the version it was made from while its image

@@ -336,3 +336,75 @@ class VirtualMachine(Base):
     fault_domain: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class ExtensionUpgradeFailure(Base):
+    """A platform extension upgrade that failed on a set (services/extension_failures.py, M-20): one row per
+    such run. `retry_at` is when the version may be given to the set again; None means never (it failed
+    again on its retry: blocked until an operator clears it). `kind` "gated" is a run stopped at the gate
+    before any instance, which says nothing against the version and never counts towards a block.
+    `cleared_at` is set when an operator lifts it; the row stays as the record. Keyed by the set's `uid`
+    (no foreign key), as `BlockedImageVersion`."""
+
+    __tablename__ = "extension_upgrade_failures"
+    __table_args__ = (Index("ix_extension_upgrade_failures_set", "set_uid", "extension_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_uid: Mapped[str] = mapped_column(String(36))
+    extension_key: Mapped[str] = mapped_column(String(260))  # "publisher.type" in lower case
+    extension_name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # failed | gated
+    reason: Mapped[str] = mapped_column(Text, default="")
+    failed_at: Mapped[datetime]
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Gallery(Base):
+    """`Microsoft.Compute/galleries` (services/galleries.py): a holder of image definitions. Goes with its
+    resource group (ON DELETE CASCADE, down to its versions)."""
+
+    __tablename__ = "galleries"
+    __table_args__ = (UniqueConstraint("group_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("resource_groups.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    name_key: Mapped[str] = mapped_column(String(80))
+    location: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class GalleryImage(Base):
+    """`Microsoft.Compute/galleries/images`, an image definition. `catalog_key` is the synthetic catalog
+    offer its versions are filed under in `images` (domain/gallery_spec.py)."""
+
+    __tablename__ = "gallery_images"
+    __table_args__ = (UniqueConstraint("gallery_id", "name_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    name_key: Mapped[str] = mapped_column(String(80))
+    location: Mapped[str] = mapped_column(String(64))
+    catalog_key: Mapped[str] = mapped_column(String(64), index=True)
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class GalleryImageVersion(Base):
+    """`Microsoft.Compute/galleries/images/versions`: immutable once published. Its artifact lives in the
+    image catalog, one `images` row per target region under the definition's `catalog_key`; the document
+    holds the publishing profile (target regions, excludeFromLatest, publishedDate)."""
+
+    __tablename__ = "gallery_image_versions"
+    __table_args__ = (UniqueConstraint("image_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("gallery_images.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    catalog_key: Mapped[str] = mapped_column(String(64), index=True)
+    document: Mapped[dict[str, Any]]
+    published_at: Mapped[datetime]

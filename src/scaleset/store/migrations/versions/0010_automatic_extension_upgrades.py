@@ -27,6 +27,25 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("roll_back_each_failure", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+    # The automatic extension upgrade's memory of failed versions (services/extension_failures.py).
+    op.create_table(
+        "extension_upgrade_failures",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("set_uid", sa.String(length=36), nullable=False),
+        sa.Column("extension_key", sa.String(length=260), nullable=False),
+        sa.Column("extension_name", sa.String(length=128), nullable=False),
+        sa.Column("version", sa.String(length=64), nullable=False),
+        sa.Column("run_id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cleared_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("run_id"),
+    )
+    with op.batch_alter_table("extension_upgrade_failures", schema=None) as batch_op:
+        batch_op.create_index("ix_extension_upgrade_failures_set", ["set_uid", "extension_key"], unique=False)
 
 
 def downgrade() -> None:
@@ -37,3 +56,6 @@ def downgrade() -> None:
         batch_op.drop_column("extension_key")
     with op.batch_alter_table("scale_set_models", schema=None) as batch_op:
         batch_op.drop_column("extension_versions")
+    with op.batch_alter_table("extension_upgrade_failures", schema=None) as batch_op:
+        batch_op.drop_index("ix_extension_upgrade_failures_set")
+    op.drop_table("extension_upgrade_failures")
