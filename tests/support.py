@@ -424,3 +424,27 @@ def processes_under(root: Path) -> list[int]:
         if str(root) in text:
             found.append(process.info["pid"])
     return found
+
+
+def vm_body(
+    name: str, availability_set: str | None = None, *, data_disk: bool = False, **properties: Any
+) -> dict[str, Any]:
+    """A standalone VM on scaleset:webapp:stable:latest in eastus; `availability_set` is the set's id."""
+    storage: dict[str, Any] = {
+        "imageReference": {"publisher": "scaleset", "offer": "webapp", "sku": "stable", "version": "latest"},
+        "osDisk": {"createOption": "FromImage"},
+    }
+    if data_disk:
+        storage["dataDisks"] = [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}]
+    body: dict[str, Any] = {
+        "location": "eastus",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_B1s"},
+            "storageProfile": storage,
+            "osProfile": {"computerName": name, "adminUsername": "azureuser"},
+            **properties,
+        },
+    }
+    if availability_set is not None:
+        body["properties"]["availabilitySet"] = {"id": availability_set}
+    return body

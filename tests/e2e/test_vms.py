@@ -26,6 +26,7 @@ from tests.support import (
     processes_under,
     set_path,
 )
+from tests.support import vm_body as support_vm_body
 
 pytestmark = pytest.mark.e2e
 GROUP = "rg-vms"
@@ -42,27 +43,7 @@ def availability_set_id(server: ServerProcess, name: str = AVAILABILITY_SET) -> 
 
 
 def vm_body(name: str, availability_set: str | None = None, **properties: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "location": "eastus",
-        "properties": {
-            "hardwareProfile": {"vmSize": "Standard_B1s"},
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": "scaleset",
-                    "offer": "webapp",
-                    "sku": "stable",
-                    "version": "latest",
-                },
-                "osDisk": {"createOption": "FromImage"},
-                "dataDisks": [{"lun": 0, "diskSizeGB": 1, "createOption": "Empty"}],
-            },
-            "osProfile": {"computerName": name, "adminUsername": "azureuser"},
-            **properties,
-        },
-    }
-    if availability_set is not None:
-        body["properties"]["availabilitySet"] = {"id": availability_set}
-    return body
+    return support_vm_body(name, availability_set, data_disk=True, **properties)
 
 
 @pytest.fixture(scope="module")

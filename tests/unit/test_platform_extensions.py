@@ -25,6 +25,7 @@ from scaleset.services.secrets import SecretBox
 from scaleset.services.vms import VmService
 from scaleset.store.tables import ExtensionUpgradeFailure, RollingUpgrade, ScaleSet, ScaleSetModel
 from tests.fleet import GROUP, NAME, SUB, Fleet, fleet_on_copy, prepare_data, rolling_body
+from tests.support import vm_body
 
 Json = dict[str, Any]
 SCRIPT = ("Microsoft.Azure.Extensions", "CustomScript")  # built-in 2.1.0
@@ -357,22 +358,3 @@ def restart_all(fleet: Fleet) -> None:
     fleet.container.scalesets.set_action(SUB, GROUP, NAME, "restart", None)
     fleet.run()
     fleet.clock.advance(30)
-
-
-def vm_body(name: str) -> Json:
-    return {
-        "location": "eastus",
-        "properties": {
-            "hardwareProfile": {"vmSize": "Standard_B1s"},
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": "scaleset",
-                    "offer": "webapp",
-                    "sku": "stable",
-                    "version": "latest",
-                },
-                "osDisk": {"createOption": "FromImage"},
-            },
-            "osProfile": {"computerName": name, "adminUsername": "azureuser"},
-        },
-    }

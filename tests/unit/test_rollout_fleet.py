@@ -55,7 +55,7 @@ from scaleset.store.tables import (
 )
 from tests.fakes import FakeClock
 from tests.fleet import BOOT_SECONDS, GROUP, LOAD_BALANCER, MANIFEST, PROBE_ID, SUB, Fleet
-from tests.support import scale_set_body
+from tests.support import scale_set_body, vm_body
 
 Json = dict[str, Any]
 REGIONS = ("westcentralus", "eastus2", "eastus", "westus")
@@ -80,31 +80,6 @@ def set_body(region: str, capacity: int, zones: list[str] | None) -> Json:
     body = scale_set_body(capacity, version="latest", zones=zones, upgradePolicy=policy)
     body["location"] = region
     body["properties"]["virtualMachineProfile"]["networkProfile"] = {"healthProbe": {"id": PROBE_ID}}
-    return body
-
-
-def vm_body(name: str, availability_set: str | None) -> Json:
-    body: Json = {
-        "location": "eastus",
-        "properties": {
-            "hardwareProfile": {"vmSize": "Standard_B1s"},
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": "scaleset",
-                    "offer": "webapp",
-                    "sku": "stable",
-                    "version": "latest",
-                },
-                "osDisk": {"createOption": "FromImage"},
-            },
-            "osProfile": {"computerName": name, "adminUsername": "azureuser"},
-        },
-    }
-    if availability_set is not None:
-        body["properties"]["availabilitySet"] = {
-            "id": f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/"
-            f"availabilitySets/{availability_set}"
-        }
     return body
 
 
@@ -196,9 +171,9 @@ def build_world(fleet: Fleet) -> None:
         c.executor.wake,
     )
     for name in SET_VMS:
-        vms.put(SUB, GROUP, name, vm_body(name, AVAILABILITY_SET))
+        vms.put(SUB, GROUP, name, vm_body(name, availability_set_id(AVAILABILITY_SET)))
     for name in SINGLE_VMS:
-        vms.put(SUB, GROUP, name, vm_body(name, None))
+        vms.put(SUB, GROUP, name, vm_body(name))
     fleet.run()
     fleet.clock.advance(BOOT_SECONDS)
     # A VM is not offered automatic OS upgrades through its own API (Azure VMs have none); its hidden set
@@ -508,3 +483,7 @@ def test_a_region_the_version_is_never_offered_in_does_not_hold_the_rollout(swep
     (view,) = fleet.container.rollouts.list_rollouts()
     assert view.state == "succeeded"
     assert [t.state for t in view.phases[0].targets] == ["excluded"]
+
+
+def availability_set_id(name: str) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/availabilitySets/{name}"

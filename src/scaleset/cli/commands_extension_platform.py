@@ -8,14 +8,24 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 import typer
 
 from scaleset.cli.client import ApiClient
-from scaleset.cli.commands_common import GroupOption, NoWaitOption, bool_value, client, emit, usage_error
-from scaleset.cli.commands_vm import EXTENSION_COLUMNS, json_argument
+from scaleset.cli.commands_common import GroupOption, NoWaitOption, client, emit, usage_error
+from scaleset.cli.commands_vm import (
+    EXTENSION_COLUMNS,
+    EnableAutoUpgradeOption,
+    ExtensionTypeOption,
+    ForceUpdateOption,
+    HandlerVersionOption,
+    NoAutoMinorOption,
+    ProtectedSettingsOption,
+    PublisherOption,
+    SettingsOption,
+    extension_properties,
+)
 from scaleset.cli.output import col
 
 app = typer.Typer(
@@ -96,51 +106,33 @@ def set_extension(
     ctx: typer.Context,
     group: GroupOption,
     vmss_name: Annotated[str, typer.Option("--vmss-name", help="Name of the scale set.", show_default=False)],
-    name: Annotated[str, typer.Option("--name", "-n", help="Extension type, e.g. CustomScript.")],
-    publisher: Annotated[str, typer.Option("--publisher", help="Extension publisher.")],
-    version: Annotated[str, typer.Option("--version", help="Handler version, major.minor.")] = "1.0",
-    settings: Annotated[str | None, typer.Option("--settings", help="JSON or a JSON file.")] = None,
-    protected_settings: Annotated[
-        str | None, typer.Option("--protected-settings", help="JSON or a JSON file; never shown again.")
-    ] = None,
+    name: ExtensionTypeOption,
+    publisher: PublisherOption,
+    version: HandlerVersionOption = "1.0",
+    settings: SettingsOption = None,
+    protected_settings: ProtectedSettingsOption = None,
     instance_name: Annotated[
         str | None,
         typer.Option(
             "--extension-instance-name", help="Name of the extension in the model (default: --name)."
         ),
     ] = None,
-    no_auto_upgrade_minor_version: Annotated[
-        bool, typer.Option("--no-auto-upgrade-minor-version", help="Pin the minor version.")
-    ] = False,
-    enable_auto_upgrade: Annotated[
-        str | None,
-        typer.Option(
-            "--enable-auto-upgrade",
-            help="true: the platform upgrades it when a newer minor version is published.",
-            show_default=False,
-        ),
-    ] = None,
-    force_update: Annotated[
-        bool, typer.Option("--force-update", help="Run it again even if unchanged.")
-    ] = False,
+    no_auto_upgrade_minor_version: NoAutoMinorOption = False,
+    enable_auto_upgrade: EnableAutoUpgradeOption = None,
+    force_update: ForceUpdateOption = False,
     no_wait: NoWaitOption = False,
 ) -> None:
     """Add or update an extension of a scale set's model (az's `vmss extension set`)."""
     api = client(ctx)
-    properties: dict[str, Any] = {
-        "publisher": publisher,
-        "type": name,
-        "typeHandlerVersion": version,
-        "autoUpgradeMinorVersion": not no_auto_upgrade_minor_version,
-    }
-    automatic = bool_value(enable_auto_upgrade, "--enable-auto-upgrade")
-    if automatic is not None:
-        properties["enableAutomaticUpgrade"] = automatic
-    if settings is not None:
-        properties["settings"] = json_argument(settings, "--settings")
-    if protected_settings is not None:
-        properties["protectedSettings"] = json_argument(protected_settings, "--protected-settings")
-    if force_update:
-        properties["forceUpdateTag"] = str(uuid.uuid4())
+    properties = extension_properties(
+        publisher,
+        name,
+        version,
+        settings,
+        protected_settings,
+        no_auto_upgrade_minor_version,
+        enable_auto_upgrade,
+        force_update,
+    )
     path = api.vmss_path(group, vmss_name, "extensions", instance_name or name)
     emit(ctx, api.begin("PUT", path, {"properties": properties}, wait=not no_wait), EXTENSION_COLUMNS)

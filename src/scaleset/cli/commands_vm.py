@@ -253,43 +253,42 @@ def extension_path(api: ApiClient, group: str, vm: str, name: str) -> str:
     return vm_path(api, group, vm, "extensions", name)
 
 
-@vm_extension_app.command("set")
-def set_extension(
-    ctx: typer.Context,
-    group: GroupOption,
-    vm_name: VmNameOption,
-    name: Annotated[str, typer.Option("--name", "-n", help="Extension type, e.g. CustomScript.")],
-    publisher: Annotated[str, typer.Option("--publisher", help="Extension publisher.")],
-    version: Annotated[str, typer.Option("--version", help="Handler version, major.minor.")] = "1.0",
-    settings: Annotated[str | None, typer.Option("--settings", help="JSON or a JSON file.")] = None,
-    protected_settings: Annotated[
-        str | None, typer.Option("--protected-settings", help="JSON or a JSON file; never shown again.")
-    ] = None,
-    instance_name: Annotated[
-        str | None,
-        typer.Option("--extension-instance-name", help="Name of the extension resource (default: --name)."),
-    ] = None,
-    no_auto_upgrade_minor_version: Annotated[
-        bool, typer.Option("--no-auto-upgrade-minor-version", help="Pin the minor version.")
-    ] = False,
-    enable_auto_upgrade: Annotated[
-        str | None,
-        typer.Option(
-            "--enable-auto-upgrade",
-            help="true: the platform upgrades it when a newer minor version is published (az's form).",
-            show_default=False,
-        ),
-    ] = None,
-    force_update: Annotated[
-        bool, typer.Option("--force-update", help="Run it again even if unchanged.")
-    ] = False,
-    no_wait: NoWaitOption = False,
-) -> None:
-    """Add or update an extension on a VM (what `az vm extension set` sends)."""
-    api = client(ctx)
+# What `az vm extension set` and `az vmss extension set` (commands_extension_platform) both take.
+ExtensionTypeOption = Annotated[str, typer.Option("--name", "-n", help="Extension type, e.g. CustomScript.")]
+PublisherOption = Annotated[str, typer.Option("--publisher", help="Extension publisher.")]
+HandlerVersionOption = Annotated[str, typer.Option("--version", help="Handler version, major.minor.")]
+SettingsOption = Annotated[str | None, typer.Option("--settings", help="JSON or a JSON file.")]
+ProtectedSettingsOption = Annotated[
+    str | None, typer.Option("--protected-settings", help="JSON or a JSON file; never shown again.")
+]
+NoAutoMinorOption = Annotated[
+    bool, typer.Option("--no-auto-upgrade-minor-version", help="Pin the minor version.")
+]
+EnableAutoUpgradeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--enable-auto-upgrade",
+        help="true: the platform upgrades it when a newer minor version is published (az's form).",
+        show_default=False,
+    ),
+]
+ForceUpdateOption = Annotated[bool, typer.Option("--force-update", help="Run it again even if unchanged.")]
+
+
+def extension_properties(
+    publisher: str,
+    type_: str,
+    version: str,
+    settings: str | None,
+    protected_settings: str | None,
+    no_auto_upgrade_minor_version: bool,
+    enable_auto_upgrade: str | None,
+    force_update: bool,
+) -> dict[str, Any]:
+    """The extension's `properties` as az sends them for `vm extension set` and `vmss extension set`."""
     properties: dict[str, Any] = {
         "publisher": publisher,
-        "type": name,
+        "type": type_,
         "typeHandlerVersion": version,
         "autoUpgradeMinorVersion": not no_auto_upgrade_minor_version,
     }
@@ -302,6 +301,40 @@ def set_extension(
         properties["enableAutomaticUpgrade"] = automatic
     if force_update:
         properties["forceUpdateTag"] = str(uuid.uuid4())
+    return properties
+
+
+@vm_extension_app.command("set")
+def set_extension(
+    ctx: typer.Context,
+    group: GroupOption,
+    vm_name: VmNameOption,
+    name: ExtensionTypeOption,
+    publisher: PublisherOption,
+    version: HandlerVersionOption = "1.0",
+    settings: SettingsOption = None,
+    protected_settings: ProtectedSettingsOption = None,
+    instance_name: Annotated[
+        str | None,
+        typer.Option("--extension-instance-name", help="Name of the extension resource (default: --name)."),
+    ] = None,
+    no_auto_upgrade_minor_version: NoAutoMinorOption = False,
+    enable_auto_upgrade: EnableAutoUpgradeOption = None,
+    force_update: ForceUpdateOption = False,
+    no_wait: NoWaitOption = False,
+) -> None:
+    """Add or update an extension on a VM (what `az vm extension set` sends)."""
+    api = client(ctx)
+    properties = extension_properties(
+        publisher,
+        name,
+        version,
+        settings,
+        protected_settings,
+        no_auto_upgrade_minor_version,
+        enable_auto_upgrade,
+        force_update,
+    )
     vm = api.get(vm_path(api, group, vm_name))
     body = {"location": vm["location"], "properties": properties}
     path = extension_path(api, group, vm_name, instance_name or name)

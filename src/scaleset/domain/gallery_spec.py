@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaleset.domain.errors import ArmError, invalid
+from scaleset.domain.fields import non_empty_string as _string
+from scaleset.domain.fields import one_of as _choice
 from scaleset.domain.regions import find_region
 from scaleset.domain.versions import ImageVersion
 
@@ -174,20 +176,6 @@ def _object(value: Any, target: str) -> Json:
     if not isinstance(value, dict):
         raise invalid(target, f"'{target}' must be a JSON object.")
     return value
-
-
-def _string(value: Any, target: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(target, f"'{target}' must be a non-empty string.")
-    return value
-
-
-def _choice(value: Any, target: str, choices: tuple[str, ...]) -> str:
-    text = _string(value, target)
-    for choice in choices:
-        if choice.lower() == text.lower():
-            return choice
-    raise invalid(target, f"'{target}' is '{text}'; it must be one of {', '.join(choices)}.")
 
 
 def _tags(raw: Any) -> dict[str, str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaleset.domain.errors import invalid
+from scaleset.domain.fields import non_empty_string as _string
+from scaleset.domain.fields import one_of as _choice
 from scaleset.domain.regions import Region
 from scaleset.domain.resource_location import validate_location
 
@@ -137,20 +139,6 @@ def _integer(value: Any, target: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise invalid(target, f"'{target}' is {value}; it must be between {low} and {high}.")
     return value
-
-
-def _string(value: Any, target: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise invalid(target, f"'{target}' must be a non-empty string.")
-    return value
-
-
-def _choice(value: Any, target: str, choices: tuple[str, ...]) -> str:
-    text = _string(value, target)
-    for choice in choices:
-        if choice.lower() == text.lower():
-            return choice
-    raise invalid(target, f"'{target}' is '{text}'; it must be one of {', '.join(choices)}.")
 
 
 # --------------------------------------------------------------------------------------------- sections

@@ -23,6 +23,8 @@ from typing import Any
 from scaleset.domain.durations import parse_duration
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.extensions_spec import validate_extensions
+from scaleset.domain.fields import non_empty_string as _string
+from scaleset.domain.fields import one_of as _choice
 from scaleset.domain.gallery_spec import GALLERY_PUBLISHER, parse_gallery_image_id, validate_image_id
 from scaleset.domain.placement import DEFAULT_FAULT_DOMAIN_COUNT, MAX_FAULT_DOMAIN_COUNT
 from scaleset.domain.regions import Region, find_region
@@ -135,20 +137,6 @@ def _boolean(value: Any, target: str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise invalid(target, f"'{target}' must be true or false.")
-
-
-def _string(value: Any, target: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise invalid(target, f"'{target}' must be a non-empty string.")
-    return value
-
-
-def _choice(value: Any, target: str, choices: tuple[str, ...]) -> str:
-    text = _string(value, target)
-    for choice in choices:
-        if choice.lower() == text.lower():
-            return choice
-    raise invalid(target, f"'{target}' is '{text}'; it must be one of {', '.join(choices)}.")
 
 
 def _canonical_keys(value: Json, known: tuple[str, ...] | list[str], target: str) -> Json:

@@ -37,7 +37,8 @@ from scaleset.domain.auto_upgrade import (
     version_to_block,
     version_to_restore,
 )
-from scaleset.domain.errors import invalid, operation_not_allowed
+from scaleset.domain.errors import operation_not_allowed
+from scaleset.domain.fields import parse_versions
 from scaleset.domain.model_change import change_action
 from scaleset.domain.rolling import ACTIVE_STATUSES, CANCELLED, FAULTED
 from scaleset.domain.scaleset_spec import image_request
@@ -343,15 +344,7 @@ def _same_image(scale_set: ScaleSet, image: Image) -> bool:
 
 
 def _parse_versions(versions: Sequence[str] | None) -> set[ImageVersion] | None:
-    if versions is None:
-        return None
-    parsed = set()
-    for index, version in enumerate(versions):
-        try:
-            parsed.add(ImageVersion.parse(str(version)))
-        except ValueError as error:
-            raise invalid(f"versions[{index}]", str(error)) from None
-    return parsed
+    return parse_versions(versions, ImageVersion.parse)
 
 
 # ---------------------------------------------------------------------------------------- outcomes

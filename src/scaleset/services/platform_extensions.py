@@ -39,7 +39,7 @@ from scaleset.domain.auto_extension import (
     run_verdict,
 )
 from scaleset.domain.auto_upgrade import PLATFORM
-from scaleset.domain.errors import invalid
+from scaleset.domain.fields import parse_versions
 from scaleset.domain.model_change import change_action
 from scaleset.domain.rolling import ACTIVE_STATUSES, FAULTED
 from scaleset.domain.versions import ExtensionVersion
@@ -408,12 +408,4 @@ def _require_target(session: Session, subscription: str, group: str, name: str, 
 
 
 def _parse_versions(versions: Sequence[str] | None) -> set[ExtensionVersion] | None:
-    if versions is None:
-        return None
-    parsed = set()
-    for index, version in enumerate(versions):
-        try:
-            parsed.add(ExtensionVersion.parse(str(version)))
-        except ValueError as error:
-            raise invalid(f"versions[{index}]", str(error)) from None
-    return parsed
+    return parse_versions(versions, ExtensionVersion.parse)
