@@ -191,3 +191,22 @@ def test_a_breach_rolls_the_failed_members_back_and_faults(fleet: Fleet) -> None
     assert len(states) == 1  # one update domain per batch: the run stopped after its first
     assert running_versions(fleet) == {0: "2.1.0", 1: "2.1.0", 2: "2.1.0", 3: "2.1.0"}
     assert {i.model_version for i in fleet.instances()} == {1}
+
+
+def test_a_settings_change_never_takes_an_upgraded_extension_backwards(fleet: Fleet) -> None:
+    """Without autoUpgradeMinorVersion "2.1" resolves to 2.1.x; once the automatic upgrade moved the
+    extension to 2.2.0, a change of its settings alone keeps 2.2.0 (no downgrade, then upgrade again)."""
+    body = with_script(rolling_body(2, version="1.0.0"), autoUpgradeMinorVersion=False)
+    fleet.create(body)
+    publish_custom_script(fleet, "2.2.0")
+    start_platform_extension_run(fleet, "2.2.0")
+    fleet.run()
+    assert set(running_versions(fleet).values()) == {"2.2.0"}
+
+    with_script(body, autoUpgradeMinorVersion=False, settings={"commandToExecute": "echo changed"})
+    fleet.container.scalesets.put_set(SUB, GROUP, NAME, body)
+    fleet.run()
+
+    newest = max(models(fleet))
+    assert models(fleet)[newest] == {"hello": "2.2.0"}
+    assert set(running_versions(fleet).values()) == {"2.2.0"}

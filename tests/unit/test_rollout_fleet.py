@@ -487,3 +487,37 @@ def test_a_region_the_version_is_never_offered_in_does_not_hold_the_rollout(swep
 
 def availability_set_id(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/availabilitySets/{name}"
+
+
+def test_a_target_that_can_never_get_the_version_does_not_hold_the_rollout_back(fleet: Fleet) -> None:
+    """An extension rollout of 2.2.0: the canary's set runs the same extension on major 1, which is never
+    upgraded across majors (M-18). It is excluded from the rollout rather than waited for, so East US,
+    two phases later, gets its platform run at once."""
+    from tests.unit.test_extension_pins import publish_custom_script, with_script
+
+    publish_custom_script(fleet, "1.0.0")
+    for name, region, handler in (("xcanary", "westcentralus", "1.0"), ("xweb", "eastus", "2.1")):
+        body = with_script(set_body(region, 1, None), enableAutomaticUpgrade=True)
+        body["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"][0]["properties"][
+            "typeHandlerVersion"
+        ] = handler
+        fleet.container.scalesets.put_set(SUB, GROUP, name, body)
+    fleet.run()
+    fleet.clock.advance(BOOT_SECONDS)
+
+    publish_custom_script(fleet, "2.2.0")
+    fleet.run()
+
+    with fleet.container.db.read() as session:
+        runs = {
+            session.get(ScaleSet, run.set_id).name: (run.kind, run.status, run.extension_version)  # type: ignore[union-attr]
+            for run in session.scalars(select(RollingUpgrade))
+        }
+    assert {k: v for k, v in runs.items() if k.startswith("x")} == {
+        "xweb": ("extension", "Completed", "2.2.0")
+    }
+    subject = RolloutSubject("extension", "microsoft.azure.extensions.customscript", "2.2.0")
+    with fleet.container.db.read() as session:
+        states = {t.name: t.state for t in fleet.container.rollouts.targets(session, subject)}
+    states = {k: v for k, v in states.items() if k.startswith("x")}
+    assert states == {"xcanary": "excluded", "xweb": "succeeded"}

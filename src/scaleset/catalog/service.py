@@ -208,11 +208,7 @@ class ImageCatalog:
         """The versions of the requested image in `location` that 'latest' may pick (a gallery image's
         not excluded from latest there), oldest first."""
         with self._db.read() as session:
-            images = session.scalars(
-                select(Image).where(*_image_filter(location, request.publisher, request.offer, request.sku))
-            ).all()
-            allowed = _latest_candidates(session, location, request, images)
-        return sorted(allowed, key=lambda image: ImageVersion.parse(image.version))
+            return latest_candidates_in(session, location, request)
 
     def list_versions(self, location: str, publisher: str, offer: str, sku: str) -> list[Image]:
         with self._db.read() as session:
@@ -322,6 +318,15 @@ def supports_automatic_os_upgrade(image: Image) -> bool:
     if image.publisher_key == GALLERY_PUBLISHER:
         return True
     return parse_image_manifest(image.manifest).automatic_os_upgrade_supported
+
+
+def latest_candidates_in(session: Session, location: str, request: ImageRequest) -> list[Image]:
+    """`ImageCatalog.latest_candidates` inside the caller's transaction."""
+    images = session.scalars(
+        select(Image).where(*_image_filter(location, request.publisher, request.offer, request.sku))
+    ).all()
+    allowed = _latest_candidates(session, location, request, images)
+    return sorted(allowed, key=lambda image: ImageVersion.parse(image.version))
 
 
 def _latest_candidates(

@@ -816,11 +816,16 @@ class RollingEngine:
             # The OS disk the instance had before the batch comes back (the provider kept it).
             instance.os_disk_generation = row.before_os_disk_generation
             add_task(session, operation, instance, "restore", now)
-        else:
+        elif instance.power_state == "running":
             # An extensions-only change: the guest agent goes back to the previous model's extensions, at
             # the versions that model version pins (an older handler version is a downgrade, which the
             # protocol allows), without touching the OS disk.
             add_task(session, operation, instance, "extensions", now)
+        else:
+            # Stopped or crashed: no guest agent would apply a goal state until something boots it. A
+            # fresh OS disk boots it onto the previous model, its extensions at that version's pins.
+            instance.os_disk_generation += 1
+            add_task(session, operation, instance, "reimage", now)
 
     @staticmethod
     def _members(session: Session, run: RollingUpgrade, row_ids: Sequence[int]) -> list[UpgradeInstance]:

@@ -14,7 +14,8 @@ intervention". Retrying for ever would loop onto a version that fails there, so 
   usual; the blocked one only comes back when an operator clears it (`clear_failures`, the
   `clearBlockedExtensionVersions` endpoint), which also forgets its earlier failure.
 - A run stopped at the gate before its first batch (the set was too unhealthy to start) touched nothing:
-  a `gated` row keeps the version back for `GATE_RETRY` only and never counts towards a block.
+  a `gated` row keeps the version back for `GATE_RETRY` (doubled for each earlier gate stop of the same
+  version, up to the retry interval) and never counts towards a block.
 """
 
 from __future__ import annotations
@@ -90,7 +91,17 @@ def record_failure(
         and ExtensionVersion.parse(row.version) == version
     ]
     if kind == GATED:
-        retry_at: datetime | None = now + GATE_RETRY
+        # Each gate stop in a row on the same version waits twice as long (15 min, 30 min, … up to the
+        # retry interval), so a set that stays too unhealthy to start does not get a new model version
+        # and run every 15 minutes for ever.
+        gated = sum(
+            1
+            for row in failures_in_force(session, scale_set)
+            if row.extension_key == run.extension_key
+            and row.kind == GATED
+            and ExtensionVersion.parse(row.version) == version
+        )
+        retry_at: datetime | None = now + min(GATE_RETRY * 2 ** min(gated, 16), retry_after)
     else:
         retry_at = None if earlier else now + retry_after
     row = ExtensionUpgradeFailure(

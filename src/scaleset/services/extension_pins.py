@@ -11,7 +11,8 @@ When a model version is written, each extension's pin is:
 - the previous model version's pin, when the extension's own configuration is unchanged and that version is
   still published and not excluded on the set (a change elsewhere in the model, an OS upgrade, a tag, does
   not move extensions);
-- otherwise resolved afresh (`resolve_handler_version`: the newest build of that major.minor, or with
+- otherwise resolved afresh (`resolve_handler_version`; but a change of settings alone never takes an
+  extension back below its previous pin): the newest build of that major.minor, or with
   `autoUpgradeMinorVersion` the newest of that major — Azure: "used during VM creation and while you upgrade
   the VM with a new configuration"), skipping versions that failed on the set
   (`services/extension_failures.py`). `afresh=True` (POST extensionRollingUpgrade) resolves every extension
@@ -85,9 +86,33 @@ def pins_for(
         chosen = resolve_handler_version(
             properties["typeHandlerVersion"], allowed, auto_upgrade_minor(properties)
         )
+        if (
+            chosen is not None
+            and not afresh
+            and before is not None
+            and kept is not None
+            and kept in allowed
+            and _resolution(before) == _resolution(extension)
+            and ExtensionVersion.parse(kept) > ExtensionVersion.parse(chosen)
+        ):
+            # Only the settings changed, and the extension already runs a newer version than its
+            # typeHandlerVersion resolves to (the automatic extension upgrade moved it): a settings change
+            # must not take it backwards.
+            chosen = kept
         if chosen is not None:
             pins[name] = chosen
     return pins
+
+
+def _resolution(extension: Json) -> tuple[object, ...]:
+    """What decides which version an extension resolves to."""
+    properties = extension["properties"]
+    return (
+        str(properties["publisher"]).lower(),
+        str(properties["type"]).lower(),
+        properties["typeHandlerVersion"],
+        auto_upgrade_minor(properties),
+    )
 
 
 def _published(session: Session, publisher: str, type_: str) -> list[str]:

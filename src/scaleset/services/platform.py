@@ -45,7 +45,7 @@ from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
 from scaleset.services.lookups import require_set
-from scaleset.services.rollouts import RolloutGate, RolloutSubject
+from scaleset.services.rollouts import RolloutGate, RolloutSubject, image_key_of
 from scaleset.services.runs import active_run, begin_run, blocked_image_versions, new_model_version
 from scaleset.store.db import Database
 from scaleset.store.tables import (
@@ -326,10 +326,7 @@ def _counts_as_tried(session: Session, run: RollingUpgrade, now: datetime) -> bo
 def image_key(scale_set: ScaleSet) -> str:
     """The set's image whatever its version, as a rollout names it (`RolloutSubject.key`): a platform
     image's publisher:offer:sku, a gallery image's definition id (as `rollouts.image_key_of`)."""
-    request = image_request(scale_set.document)
-    if request.gallery_image is not None:
-        return request.gallery_image.lower()
-    return f"{request.publisher}:{request.offer}:{request.sku}".lower()
+    return image_key_of(scale_set.document)
 
 
 def _same_image(scale_set: ScaleSet, image: Image) -> bool:

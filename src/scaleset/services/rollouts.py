@@ -44,6 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from scaleset.catalog.manifest import parse_image_manifest
+from scaleset.catalog.service import latest_candidates_in
 from scaleset.domain.auto_upgrade import PLATFORM, AutoOsSettings, follows_latest
 from scaleset.domain.rolling import ACTIVE_STATUSES, COMPLETED
 from scaleset.domain.rollout import (
@@ -57,6 +58,8 @@ from scaleset.domain.rollout import (
     parse_phases,
     phase_state,
 )
+from scaleset.domain.scaleset_spec import image_request
+from scaleset.domain.versions import ExtensionVersion
 from scaleset.domain.vm_batches import VmRef, plan_vm_batches
 from scaleset.engine.clock import Clock
 from scaleset.store.db import Database
@@ -66,6 +69,7 @@ from scaleset.store.tables import (
     ResourceGroup,
     RollingUpgrade,
     ScaleSet,
+    ScaleSetModel,
     UpgradeInstance,
     VirtualMachine,
 )
@@ -145,11 +149,12 @@ def version_key(text: str | None) -> tuple[int, ...]:
 
 
 def image_key_of(document: dict[str, Any]) -> str:
-    """A set's image whatever its version, as a rollout names it (as `platform.image_key`)."""
-    reference = document["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]
-    if reference.get("publisher"):
-        return f"{reference['publisher']}:{reference['offer']}:{reference['sku']}".lower()
-    return str(reference.get("id", "")).lower().split("/versions/")[0]
+    """A set's image whatever its version, as a rollout names it (`RolloutSubject.key`): a platform
+    image's publisher:offer:sku, a gallery image's definition id as the gallery rules parse it."""
+    request = image_request(document)
+    if request.gallery_image is not None:
+        return request.gallery_image.lower()
+    return f"{request.publisher}:{request.offer}:{request.sku}".lower()
 
 
 def _auto_extensions(document: dict[str, Any]) -> dict[str, str]:
@@ -340,6 +345,7 @@ class RolloutGate:
         ):
             live.setdefault(set_id, []).append((image_version, extension_versions))
         unsupported = _unsupported_regions(session, subject)
+        pins = _newest_pins(session, [s for s, _, _ in chosen]) if subject.kind == "extension" else {}
         targets = []
         for scale_set, group, extension_name in chosen:
             run = runs.get(scale_set.id)
@@ -352,6 +358,13 @@ class RolloutGate:
                 None if run is None else member_states.get(run.id, set()),
                 _already_there(subject, scale_set, live.get(scale_set.id, []), extension_name, wanted),
             )
+            if state == "waiting" and not _ever_offered(
+                session, subject, scale_set, pins.get(scale_set.id, {}).get((extension_name or "").lower())
+            ):
+                # The platform will never offer it this version (another major, no pin, a gallery
+                # version not replicated to its region or excluded from latest there): it must not
+                # hold the rollout back for ever.
+                state = "excluded"
             targets.append(
                 Target(
                     set_id=scale_set.id,
@@ -475,3 +488,35 @@ def _already_there(
         if version_key(have) < wanted:
             return False
     return True
+
+
+def _newest_pins(session: Session, sets: Sequence[ScaleSet]) -> dict[int, dict[str, str]]:
+    """{set id: {extension name (lower case): pinned version}} of each set's newest model version."""
+    pins: dict[int, dict[str, str]] = {}
+    for scale_set in sets:
+        model = session.get(ScaleSetModel, (scale_set.id, scale_set.model_version))
+        versions = (model.extension_versions if model is not None else None) or {}
+        pins[scale_set.id] = {name.lower(): version for name, version in versions.items()}
+    return pins
+
+
+def _ever_offered(session: Session, subject: RolloutSubject, scale_set: ScaleSet, pin: str | None) -> bool:
+    """Whether the platform could offer `scale_set` the subject's version at all, so that waiting for it
+    makes sense: an extension only within the major of the set's pin (never across majors, M-18); a
+    gallery image version only where it is replicated and not excluded from latest. A platform image not
+    yet published in a region is still to come (it is published region by region)."""
+    if subject.kind == "extension":
+        if pin is None:
+            return False
+        try:
+            return ExtensionVersion.parse(pin).major == ExtensionVersion.parse(subject.version).major
+        except ValueError:
+            return False
+    request = image_request(scale_set.document)
+    if request.gallery_image is None:
+        return True
+    wanted = version_key(subject.version)
+    return any(
+        version_key(image.version) == wanted
+        for image in latest_candidates_in(session, scale_set.location, request)
+    )
