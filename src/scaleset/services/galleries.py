@@ -43,6 +43,7 @@ from scaleset.domain.gallery_spec import (
     version_document,
     version_id_of,
 )
+from scaleset.domain.rolling import ACTIVE_STATUSES
 from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
@@ -54,7 +55,9 @@ from scaleset.store.tables import (
     GalleryImageVersion,
     Instance,
     ResourceGroup,
+    RollingUpgrade,
     ScaleSet,
+    UpgradeInstance,
 )
 
 Json = dict[str, Any]
@@ -415,10 +418,23 @@ def _sets_running(session: Session, catalog_key: str, version: str) -> list[str]
         request = image_request(scale_set.document)
         if request.publisher != GALLERY_PUBLISHER or request.offer != catalog_key:
             continue
-        on_it = scale_set.exact_image_version == version or (
-            session.scalar(
+        on_it = (
+            scale_set.exact_image_version == version
+            or session.scalar(
                 select(Instance.id)
                 .where(Instance.set_id == scale_set.id, Instance.image_version == version)
+                .limit(1)
+            )
+            is not None
+            # A running upgrade may still roll its members back onto the image they ran before it.
+            or session.scalar(
+                select(UpgradeInstance.instance_row_id)
+                .join(RollingUpgrade, RollingUpgrade.id == UpgradeInstance.upgrade_id)
+                .where(
+                    RollingUpgrade.set_id == scale_set.id,
+                    RollingUpgrade.status.in_(ACTIVE_STATUSES),
+                    UpgradeInstance.before_image_version == version,
+                )
                 .limit(1)
             )
             is not None
