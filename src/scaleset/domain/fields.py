@@ -11,6 +11,28 @@ from scaleset.domain.errors import invalid
 V = TypeVar("V")
 
 
+MAX_TAGS = 50  # ARM's limit per resource
+
+
+def json_object(value: Any, target: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise invalid(target, f"'{target}' must be a JSON object.")
+    return value
+
+
+def validate_tags(raw: Any) -> dict[str, str]:
+    """A resource's `tags`: an object of at most 50 string values (None: no tags)."""
+    if raw is None:
+        return {}
+    tags = json_object(raw, "tags")
+    if len(tags) > MAX_TAGS:
+        raise invalid("tags", f"A resource can have at most {MAX_TAGS} tags.")
+    for key, value in tags.items():
+        if not isinstance(value, str):
+            raise invalid(f"tags.{key}", "Tag values must be strings.")
+    return dict(tags)
+
+
 def non_empty_string(value: Any, target: str) -> str:
     if not isinstance(value, str) or not value:
         raise invalid(target, f"'{target}' must be a non-empty string.")

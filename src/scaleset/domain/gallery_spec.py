@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaleset.domain.errors import ArmError, invalid
+from scaleset.domain.fields import json_object as _object
 from scaleset.domain.fields import non_empty_string as _string
 from scaleset.domain.fields import one_of as _choice
+from scaleset.domain.fields import validate_tags as _tags
 from scaleset.domain.regions import find_region
 from scaleset.domain.versions import ImageVersion
 
@@ -172,22 +174,6 @@ def latest_version(candidates: Iterable[tuple[str, bool]]) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- validation
-def _object(value: Any, target: str) -> Json:
-    if not isinstance(value, dict):
-        raise invalid(target, f"'{target}' must be a JSON object.")
-    return value
-
-
-def _tags(raw: Any) -> dict[str, str]:
-    tags = _object(raw, "tags")
-    if len(tags) > 50:
-        raise invalid("tags", "A resource can have at most 50 tags.")
-    for key, value in tags.items():
-        if not isinstance(value, str):
-            raise invalid(f"tags.{key}", "Tag values must be strings.")
-    return dict(tags)
-
-
 def _location(raw: Any, current: Json | None, resource: str) -> str:
     location = _string(raw, "location")
     region = find_region(location)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaleset.domain.errors import invalid
+from scaleset.domain.fields import json_object as _object
 from scaleset.domain.fields import non_empty_string as _string
 from scaleset.domain.fields import one_of as _choice
+from scaleset.domain.fields import validate_tags as _validate_tags
 from scaleset.domain.regions import Region
 from scaleset.domain.resource_location import validate_location
 
@@ -34,7 +36,6 @@ DEFAULT_INTERVAL_SECONDS = 15
 MIN_INTERVAL_SECONDS = 5
 DEFAULT_NUMBER_OF_PROBES = 2
 INT32_MAX = 2**31 - 1
-MAX_TAGS = 50
 # Keys of the resource kept as given; anything else at the top level is dropped, as for scale sets.
 _KEPT_TOP = ("sku", "extendedLocation")
 _READ_ONLY_PROPERTIES = ("provisioningState", "resourceGuid")
@@ -126,12 +127,6 @@ def effective_number_of_probes(properties: Json) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _object(value: Any, target: str) -> Json:
-    if not isinstance(value, dict):
-        raise invalid(target, f"'{target}' must be a JSON object.")
-    return value
-
-
 def _integer(value: Any, target: str, low: int, high: int) -> int:
     # bool is an int in Python; JSON true is not a number on the wire.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -147,18 +142,6 @@ def _validate_location(raw: Any, current: Json | None) -> Region:
         raw = current["location"]
     location = _string(raw, "location")
     return validate_location(location, "Microsoft.Network/loadBalancers", "a load balancer", current)
-
-
-def _validate_tags(raw: Any) -> dict[str, str]:
-    if raw is None:
-        return {}
-    tags = _object(raw, "tags")
-    if len(tags) > MAX_TAGS:
-        raise invalid("tags", f"A resource can have at most {MAX_TAGS} tags.")
-    for key, value in tags.items():
-        if not isinstance(value, str):
-            raise invalid(f"tags.{key}", "Tag values must be strings.")
-    return dict(tags)
 
 
 def _validate_properties(raw: Any) -> Json:

@@ -23,8 +23,10 @@ from typing import Any
 from scaleset.domain.durations import parse_duration
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.extensions_spec import validate_extensions
+from scaleset.domain.fields import json_object as _object
 from scaleset.domain.fields import non_empty_string as _string
 from scaleset.domain.fields import one_of as _choice
+from scaleset.domain.fields import validate_tags as _validate_tags
 from scaleset.domain.gallery_spec import GALLERY_PUBLISHER, parse_gallery_image_id, validate_image_id
 from scaleset.domain.placement import DEFAULT_FAULT_DOMAIN_COUNT, MAX_FAULT_DOMAIN_COUNT
 from scaleset.domain.regions import Region, find_region
@@ -110,12 +112,6 @@ def validate_resource_name(name: str, target: str = "name") -> None:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _object(value: Any, target: str) -> Json:
-    if not isinstance(value, dict):
-        raise invalid(target, f"'{target}' must be a JSON object.")
-    return value
-
-
 def _optional_object(parent: Json, key: str, target: str) -> Json | None:
     value = parent.get(key)
     return None if value is None else _object(value, target)
@@ -433,16 +429,6 @@ def _validate_location(raw: Any, current: Json | None) -> Region:
             400, "PropertyChangeNotAllowed", "The location of a scale set cannot change.", "location"
         )
     return region
-
-
-def _validate_tags(raw: Any) -> dict[str, str]:
-    tags = _object(raw, "tags")
-    if len(tags) > 50:
-        raise invalid("tags", "A resource can have at most 50 tags.")
-    for key, value in tags.items():
-        if not isinstance(value, str):
-            raise invalid(f"tags.{key}", "Tag values must be strings.")
-    return dict(tags)
 
 
 def _validate_sku(raw: Any, current: Json | None) -> Json:

@@ -19,6 +19,7 @@ from typing import Any
 
 from scaleset.domain.errors import ArmError, invalid
 from scaleset.domain.extensions_spec import validate_extensions
+from scaleset.domain.fields import json_object as _object
 from scaleset.domain.resource_location import validate_location
 from scaleset.domain.scaleset_spec import validate_resource_name
 
@@ -41,12 +42,6 @@ _TARGETS = (
     ("properties.virtualMachineProfile.", "properties."),
     ("sku.name", "properties.hardwareProfile.vmSize"),
 )
-
-
-def _object(value: Any, target: str) -> Json:
-    if not isinstance(value, dict):
-        raise invalid(target, f"'{target}' must be a JSON object.")
-    return value
 
 
 def validate_vm(body: Any, name: str, current: Json | None) -> Json:
