@@ -83,27 +83,19 @@ def record_failure(
     if session.scalar(select(ExtensionUpgradeFailure.id).where(ExtensionUpgradeFailure.run_id == run.id)):
         return None
     version = ExtensionVersion.parse(run.extension_version)
-    earlier = [
-        row
+    # This version's failures in force on the set, by kind.
+    same = [
+        row.kind
         for row in failures_in_force(session, scale_set)
-        if row.extension_key == run.extension_key
-        and row.kind == FAILED
-        and ExtensionVersion.parse(row.version) == version
+        if row.extension_key == run.extension_key and ExtensionVersion.parse(row.version) == version
     ]
     if kind == GATED:
         # Each gate stop in a row on the same version waits twice as long (15 min, 30 min, … up to the
         # retry interval), so a set that stays too unhealthy to start does not get a new model version
         # and run every 15 minutes for ever.
-        gated = sum(
-            1
-            for row in failures_in_force(session, scale_set)
-            if row.extension_key == run.extension_key
-            and row.kind == GATED
-            and ExtensionVersion.parse(row.version) == version
-        )
-        retry_at: datetime | None = now + min(GATE_RETRY * 2 ** min(gated, 16), retry_after)
+        retry_at: datetime | None = now + min(GATE_RETRY * 2 ** min(same.count(GATED), 16), retry_after)
     else:
-        retry_at = None if earlier else now + retry_after
+        retry_at = None if FAILED in same else now + retry_after
     row = ExtensionUpgradeFailure(
         set_uid=scale_set.uid,
         extension_key=run.extension_key,

@@ -47,7 +47,14 @@ from scaleset.domain.rolling import ACTIVE_STATUSES
 from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
-from scaleset.services.lookups import require_group, require_writable_group, resource_not_found
+from scaleset.services.lookups import (
+    add_to_group,
+    find_in_group,
+    require_group,
+    require_writable_group,
+    resource_not_found,
+    stored_document,
+)
 from scaleset.store.db import Database
 from scaleset.store.tables import (
     Gallery,
@@ -113,26 +120,15 @@ class GalleryService:
     ) -> tuple[Gallery, GalleryPath, bool]:
         validate_gallery_name(name)
         with self._db.read() as session:
-            existing = self._find_gallery(session, require_group(session, subscription, group_name), name)
-            current = existing.document if existing is not None else None
+            current = stored_document(session, Gallery, subscription, group_name, name)
         document = validate_gallery(body, name, current)
         now = self._clock.now()
         with self._db.write() as session:
             group = require_writable_group(session, subscription, group_name)
-            row = self._find_gallery(session, group, name)
+            row = find_in_group(session, Gallery, group, name)
             created = row is None
             if row is None:
-                row = Gallery(
-                    subscription=subscription,
-                    group_id=group.id,
-                    name=name,
-                    name_key=name.lower(),
-                    location=document["location"],
-                    document=document,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(row)
+                row = add_to_group(session, Gallery, group, name, document, now)
             else:
                 row.document = document
                 row.updated_at = now
@@ -160,7 +156,7 @@ class GalleryService:
     def delete_gallery(self, subscription: str, group_name: str, name: str) -> bool:
         with self._db.write() as session:
             group = require_group(session, subscription, group_name)
-            gallery = self._find_gallery(session, group, name)
+            gallery = find_in_group(session, Gallery, group, name)
             if gallery is None:
                 return False
             children = session.scalars(
@@ -356,17 +352,11 @@ class GalleryService:
         return True
 
     # -------------------------------------------------------------------------------------- lookups
-    @staticmethod
-    def _find_gallery(session: Session, group: ResourceGroup, name: str) -> Gallery | None:
-        return session.scalars(
-            select(Gallery).where(Gallery.group_id == group.id, Gallery.name_key == name.lower())
-        ).first()
-
     def _require_gallery(
         self, session: Session, subscription: str, group_name: str, name: str
     ) -> tuple[Gallery, ResourceGroup]:
         group = require_group(session, subscription, group_name)
-        gallery = self._find_gallery(session, group, name)
+        gallery = find_in_group(session, Gallery, group, name)
         if gallery is None:
             raise resource_not_found(GALLERY_TYPE, group.name, name)
         return gallery, group

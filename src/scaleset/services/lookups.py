@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from scaleset.domain.errors import ArmError, operation_not_allowed
 from scaleset.store.tables import (
     AvailabilitySet,
+    Gallery,
     Instance,
     LoadBalancer,
     ResourceGroup,
@@ -25,7 +26,7 @@ from scaleset.store.tables import (
 )
 
 # The tables of resources that live in a resource group under a unique case-insensitive name.
-GroupResource = TypeVar("GroupResource", ScaleSet, LoadBalancer, AvailabilitySet, VirtualMachine)
+GroupResource = TypeVar("GroupResource", ScaleSet, LoadBalancer, AvailabilitySet, VirtualMachine, Gallery)
 
 
 def find_group(session: Session, subscription: str, name: str) -> ResourceGroup | None:

@@ -45,6 +45,7 @@ from scaleset.domain.scaleset_spec import image_request
 from scaleset.domain.versions import ImageVersion
 from scaleset.engine.clock import Clock
 from scaleset.services.lookups import require_set
+from scaleset.services.periodic_sweep import PeriodicSweep
 from scaleset.services.rollouts import RolloutGate, RolloutSubject, image_key_of
 from scaleset.services.runs import active_run, begin_run, blocked_image_versions, new_model_version
 from scaleset.store.db import Database
@@ -82,8 +83,9 @@ class PlatformUpgrades:
         self._clock = clock
         self._catalog = catalog
         self._wake = wake_engine
-        self._sweep_every = timedelta(seconds=sweep_every)
-        self._last_sweep: datetime | None = None
+        self._sweeper = PeriodicSweep(
+            clock, timedelta(seconds=sweep_every), self.sweep, log, "automatic OS upgrade"
+        )
 
     # ---------------------------------------------------------------------------------- listeners
     def on_image_published(self, image: Image) -> list[str]:
@@ -118,15 +120,7 @@ class PlatformUpgrades:
 
     def reconcile(self) -> bool:
         """An engine reconciler: sweep at start and then every `sweep_every` (never keeps the loop busy)."""
-        now = self._clock.now()
-        if self._last_sweep is not None and now - self._last_sweep < self._sweep_every:
-            return False
-        self._last_sweep = now
-        try:
-            self.sweep()
-        except Exception:  # the engine pass goes on; the next sweep tries again
-            log.exception("automatic OS upgrade: sweep failed")
-        return False
+        return self._sweeper()
 
     def sweep(self) -> list[str]:
         """Record the outcome of every ended run that was missed, then start what is due; returns the ids

@@ -55,6 +55,7 @@ from scaleset.services.extension_failures import (
 )
 from scaleset.services.extension_pins import extension_key
 from scaleset.services.lookups import require_in_group, require_set
+from scaleset.services.periodic_sweep import PeriodicSweep
 from scaleset.services.platform import ROLLED_BACK_STATES, record_unchanged_instances
 from scaleset.services.rollouts import RolloutGate, RolloutSubject
 from scaleset.services.runs import active_run, begin_run, new_model_version
@@ -89,11 +90,12 @@ class ExtensionPlatformUpgrades:
         self._clock = clock
         self._catalog = catalog
         self._wake = wake_engine
-        self._sweep_every = timedelta(seconds=sweep_every)
+        self._sweeper = PeriodicSweep(
+            clock, timedelta(seconds=sweep_every), self.sweep, log, "automatic extension upgrade"
+        )
         self.retry_after = timedelta(seconds=retry_after)
         # Phases across regions, one zone of a region at a time (M-21): asked before a run starts.
         self._rollouts = rollouts or RolloutGate(db, clock)
-        self._swept_at: datetime | None = None
 
     # ---------------------------------------------------------------------------------- listeners
     def on_extension_published(self, image: ExtensionImage) -> list[str]:
@@ -123,14 +125,7 @@ class ExtensionPlatformUpgrades:
     def reconcile(self) -> bool:
         """An engine reconciler: a sweep at the first pass and then once per `sweep_every`; never asks the
         loop to come back sooner."""
-        now = self._clock.now()
-        if self._swept_at is None or now - self._swept_at >= self._sweep_every:
-            self._swept_at = now
-            try:
-                self.sweep()
-            except Exception:  # the engine pass goes on; the next sweep tries again
-                log.exception("automatic extension upgrade: sweep failed")
-        return False
+        return self._sweeper()
 
     def sweep(self) -> list[str]:
         """Record every ended run whose outcome was missed, then start what is due (retries included);

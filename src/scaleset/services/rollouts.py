@@ -43,8 +43,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from scaleset.catalog.manifest import parse_image_manifest
-from scaleset.catalog.service import latest_candidates_in
+from scaleset.catalog.service import latest_candidates_in, supports_automatic_os_upgrade
 from scaleset.domain.auto_upgrade import PLATFORM, AutoOsSettings, follows_latest
 from scaleset.domain.rolling import ACTIVE_STATUSES, COMPLETED
 from scaleset.domain.rollout import (
@@ -463,8 +462,7 @@ def _unsupported_regions(session: Session, subject: RolloutSubject) -> frozenset
                 Image.publisher_key == publisher, Image.offer_key == offer, Image.sku_key == sku
             )
         )
-        if version_key(image.version) == wanted
-        and not parse_image_manifest(image.manifest).automatic_os_upgrade_supported
+        if version_key(image.version) == wanted and not supports_automatic_os_upgrade(image)
     )
 
 
