@@ -477,6 +477,9 @@ class ProviderConformance:
 
         assert provider.probe_health(KEY, spec.address, probe) is False
         assert provider.probe_health(KEY, spec.address, dataclasses.replace(probe, protocol="Tcp")) is False
+        # Many at once answers as one at a time, in order.
+        assert provider.probe_health_many([(KEY, spec.address), (KEY, spec.address)], probe) == [False, False]
+        assert provider.probe_health_many([], probe) == []
 
     def test_running_instance_that_serves_the_probe_is_healthy(
         self, provider: Provider, make_spec: SpecFactory, serving_probe: HealthProbe | None
@@ -488,6 +491,7 @@ class ProviderConformance:
 
         # The app starts after the instance does: poll until it answers.
         eventually(lambda: provider.probe_health(KEY, spec.address, serving_probe), what="a healthy probe")
+        assert provider.probe_health_many([(KEY, spec.address)], serving_probe) == [True]
 
         provider.stop_instance(KEY)
         assert provider.probe_health(KEY, spec.address, serving_probe) is False

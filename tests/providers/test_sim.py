@@ -561,3 +561,20 @@ def test_the_example_in_the_docs_runs(capsys: pytest.CaptureFixture[str]) -> Non
     printed = capsys.readouterr().out.splitlines()
     assert printed[:4] == ["False", "True", "True", "False"]
     assert printed[5] == "False" and printed[6].endswith("True")
+
+
+def test_many_probes_answer_as_one_probe_each(sim: SimProvider, clock: FakeClock) -> None:
+    """`probe_health_many` (what the rolling loop calls for a batch) agrees with `probe_health`, in order,
+    whatever the instances' states: up, booting, stopped, hanging, or not there at all."""
+    sim.add_fault(Fault("hang", keys=("sim-set/3",)))
+    for index in range(4):
+        sim.create_instance(make_spec(f"sim-set/{index}"))
+    clock.advance(30)
+    sim.reimage_instance(make_spec("sim-set/1", generation=2))  # booting again
+    sim.stop_instance("sim-set/2")
+    keys = [f"sim-set/{index}" for index in (0, 1, 2, 3, 404, 0)]
+
+    many = sim.probe_health_many([(key, "10.0.0.4") for key in keys], PROBE)
+
+    assert many == [healthy(sim, key) for key in keys]
+    assert many == [True, False, False, False, False, True]

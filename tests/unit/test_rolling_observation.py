@@ -6,6 +6,7 @@ nothing kept (a freshly started control plane) would build from the database.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from scaleset.engine.health import HealthPass
@@ -120,3 +121,35 @@ def test_kept_rows_give_the_same_view_through_per_failure_restores(fleet: Fleet)
         "succeeded",
         "succeeded",
     ]
+
+
+def test_a_change_another_connection_commits_is_seen_by_the_next_pass(fleet: Fleet) -> None:
+    """Between two passes in which this process wrote nothing, the loop keeps what it read (`_Seen`). A
+    commit from anywhere else (here a plain sqlite3 connection, as another process would make) must still
+    reach the next pass: an instance stopped behind the engine's back is unhealthy at once."""
+    fleet.create(rolling_body(10))
+    fleet.publish("1.1.0")
+    phases = compare_every_view(fleet)
+    fleet.container.upgrades.start_os_upgrade(SUB, GROUP, NAME)
+    engine = fleet.container.rolling
+    run_id = engine.active_runs()[0]
+
+    def current_batch() -> dict[int, bool]:
+        with fleet.container.db.read() as session:
+            observed = engine._observe(session, run_id, fleet.container.health.one_pass())
+        assert observed is not None
+        view = observed.view
+        return {m.instance_id: m.healthy for m in view.members if m.batch == view.batch_number}
+
+    fleet.run(until=lambda: len(fleet.batches()) == 1 and fleet.open_tasks() == 0)
+    fleet.clock.advance(base.BOOT_SECONDS + 1)
+    fleet.tick()  # the health wait is armed: a write by this process
+    assert current_batch() == {0: True, 5: True}
+    assert current_batch() == {0: True, 5: True}  # nothing written in between: the kept rows
+    database = fleet.container.db.engine.url.database
+    assert database is not None
+    with sqlite3.connect(database) as other:
+        other.execute("UPDATE instances SET power_state = 'stopped' WHERE instance_id = 5")
+    other.close()
+    assert current_batch() == {0: True, 5: False}
+    assert "upgrading" in phases

@@ -14,7 +14,7 @@ An instance that is not running, or whose provisioning is not done, is unhealthy
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -120,11 +120,53 @@ class HealthReader:
                 streak.state = answer
             return streak.state
 
+    def _probe_many(self, targets: Sequence[tuple[str, str, int]], source: ProbeSettings) -> list[bool]:
+        """`_probe` for many (key, address, OS disk generation) at once, with the same answers: the clock
+        read once, the provider asked once for all that are due (`Provider.probe_health_many`), the lock
+        taken once. A rolling upgrade of 100 000 instances makes over a million probes."""
+        now = self._clock.now()
+        interval = _interval(source.interval_seconds)
+        streaks = self._streaks
+        verdicts: list[bool] = []
+        due: list[int] = []
+        for index, (key, _, generation) in enumerate(targets):
+            streak = streaks.get((key, generation))
+            if streak is not None and now < streak.checked_at + interval:
+                verdicts.append(streak.state)
+            else:
+                verdicts.append(False)
+                due.append(index)
+        if not due:
+            return verdicts
+        answers = self._provider.probe_health_many(
+            [(targets[index][0], targets[index][1]) for index in due], source.probe
+        )
+        needed = max(1, source.number_of_probes)
+        with self._lock:
+            for index, answer in zip(due, answers, strict=True):
+                key, _, generation = targets[index]
+                streak = streaks.get((key, generation))
+                if streak is None:
+                    streaks[(key, generation)] = _Streak(answer, answer, 1, now)
+                    verdicts[index] = answer
+                    continue
+                streak.run = streak.run + 1 if answer == streak.last else 1
+                streak.last = answer
+                streak.checked_at = now
+                if streak.run >= needed:
+                    streak.state = answer
+                verdicts[index] = streak.state
+        return verdicts
+
 
 def probe_id_of(model: Mapping[str, Any]) -> str | None:
     """The load-balancer probe a model names as its health source, if any."""
     probe_id = ((model.get("networkProfile") or {}).get("healthProbe") or {}).get("id")
     return str(probe_id) if probe_id else None
+
+
+# What a health check is given of one instance: key, address, OS disk generation, power state, provisioning.
+_Looked = tuple[str, str, int, str, str]
 
 
 @lru_cache(maxsize=64)
@@ -200,6 +242,31 @@ class HealthPass:
             if power_state != "running" or provisioning_state != "succeeded":
                 return False
             return probe(key, address, generation, source)
+
+        return probed
+
+    def many_checker(self, model: Mapping[str, Any]) -> Callable[[Sequence[_Looked]], list[bool]]:
+        """`checker` for many instances of one model at once: (key, address, OS disk generation, power
+        state, provisioning state) each → healthy now, in order. With a load-balancer probe the due probes
+        go to the provider in one call (`HealthReader._probe_many`); any other source asks one by one."""
+        probe_id = probe_id_of(model)
+        source = self._find_probe(probe_id) if probe_id else None
+        if probe_id is None or source is None:
+            one = self.checker(model)
+            return lambda looked: [one(*instance) for instance in looked]
+        probe_many = self._reader._probe_many
+
+        def probed(looked: Sequence[_Looked]) -> list[bool]:
+            verdicts = [False] * len(looked)
+            running = [
+                index
+                for index, (_, _, _, power_state, provisioning_state) in enumerate(looked)
+                if power_state == "running" and provisioning_state == "succeeded"
+            ]
+            answers = probe_many([looked[index][:3] for index in running], source)
+            for index, answer in zip(running, answers, strict=True):
+                verdicts[index] = answer
+            return verdicts
 
         return probed
 

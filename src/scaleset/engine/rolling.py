@@ -189,6 +189,27 @@ class _Batch:
     task_ids: tuple[int, ...]
 
 
+# What the health check of one current member needs, read from its watched instance: (key, address, OS disk
+# generation, power state, provisioning state) and the model version the instance runs.
+_Look = tuple[tuple[str, str, int, str, str], int]
+
+
+@dataclass
+class _Seen:
+    """What the last pass read of a run from the database, and the database's change token read just
+    before (`Database.change_token`). While the token stays the same nothing was written anywhere, so the
+    next pass takes these instead of reading them again; only health, which moves with time, is asked
+    anew. An upgrade waiting for its batch's health spends most of its passes like that."""
+
+    token: int | None
+    run: _RunRow
+    # The current batch's members as (row, task state, what its health check needs or None when its health
+    # is not looked at), for `batch_key`.
+    batch_key: tuple[int, str] | None = None
+    looks: list[tuple[_MemberRow, TaskState, _Look | None]] | None = None
+    live_count: int | None = None
+
+
 # The same columns by name, for `rows_by_ids`.
 _INSTANCE_FIELDS = tuple(column.key for column in _INSTANCE_COLUMNS)
 assert _InstanceRow._fields == _INSTANCE_FIELDS and _INSTANCE_FIELDS[-1] == "provisioning_state"
@@ -266,6 +287,8 @@ class RollingEngine:
         self._batches: dict[str, _Batch] = {}
         # Per run in the ready phase: the current batch's members as the last pass saw them, judged.
         self._judged: dict[str, tuple[tuple[int, str], list[tuple[Member, _MemberRow]]]] = {}
+        # Per active run: what the last pass read, kept while the database does not change (`_Seen`).
+        self._seen: dict[str, _Seen] = {}
 
     # ------------------------------------------------------------------------------------ passes
     def active_runs(self) -> list[str]:
@@ -288,7 +311,9 @@ class RollingEngine:
         health = self._health.one_pass()
         steps: list[tuple[str, Step]] = []
         active = self.active_runs()
-        for gone in (set(self._earlier) | set(self._batches) | set(self._judged)) - set(active):
+        for gone in (set(self._earlier) | set(self._batches) | set(self._judged) | set(self._seen)) - set(
+            active
+        ):
             self._forget(gone)  # ended outside a step (its set deleted, say): nothing to keep for it
         for run_id in active:
             try:
@@ -350,13 +375,18 @@ class RollingEngine:
         self._earlier.pop(run_id, None)
         self._batches.pop(run_id, None)
         self._judged.pop(run_id, None)
+        self._seen.pop(run_id, None)
 
     # ------------------------------------------------------------------------------- observation
     def _observe(self, session: Session, run_id: str, health: HealthPass) -> _Observed | None:
-        found = session.connection().execute(_RUN, {"run_id": run_id}).first()
-        if found is None:
-            return None
-        run = _RunRow._make(found)
+        token = self._db.change_token()  # before any read it vouches for
+        seen = self._seen.get(run_id)
+        if token is None or seen is None or seen.token != token:
+            found = session.connection().execute(_RUN, {"run_id": run_id}).first()
+            if found is None:
+                return None
+            seen = self._seen[run_id] = _Seen(token, _RunRow._make(found))
+        run = seen.run
         if run.status not in ACTIVE_STATUSES:
             return None
         set_id, uid, set_name = run.set_id, run.set_uid, run.set_name
@@ -394,14 +424,16 @@ class RollingEngine:
         if run.phase in ("rolling_back", "restoring"):
             members, instance_count = self._observe_all(session, run, set_id, healthy)
         else:
-            earlier, current = self._observe_batches(session, run, healthy)
+            earlier, current = self._observe_batches(session, run, seen, uid, model, health)
             members = tuple(m for m, _ in earlier) + tuple(m for m, _ in current)
             if run.phase == "ready":
                 instance_count, candidates, unhealthy = self._candidates(
                     session, run, set_id, [row for _, row in earlier + current], healthy
                 )
             else:
-                instance_count = _live_count(session, run, set_id)
+                if seen.live_count is None:
+                    seen.live_count = _live_count(session, run, set_id)
+                instance_count = seen.live_count
         view = RunView(
             phase=run.phase,
             batch_number=run.batch_number,
@@ -459,14 +491,21 @@ class RollingEngine:
         return members, len(instances) - len(extras)
 
     def _observe_batches(
-        self, session: Session, run: _RunRow, healthy: _Healthy
+        self,
+        session: Session,
+        run: _RunRow,
+        seen: _Seen,
+        uid: str,
+        model: Callable[[int], Json],
+        health: HealthPass,
     ) -> tuple[list[tuple[Member, _MemberRow]], list[tuple[Member, _MemberRow]]]:
         """Before a batch and while it runs: (members of earlier batches, members of the current batch),
         each with its row.
 
         Members of earlier batches change only when a batch is judged into a rollback, which leaves
         these phases, so between two batches they are read once and kept; the current batch's rows are
-        kept from step to step (`_Batch`). Each pass reads again only its instances and task statuses."""
+        kept from step to step (`_Batch`). Each pass reads again only its instances and task statuses,
+        and not even those while the database has not changed since the last pass (`_Seen`)."""
         cached = self._earlier.get(run.id)
         if cached is None or cached[0] != run.batch_number:
             # Batch N + 1 has started: its earlier batches are those before N, kept, and batch N as the
@@ -492,6 +531,35 @@ class RollingEngine:
             self._batches[run.id] = batch
         if not batch.members:
             return earlier, []
+        if seen.looks is None or seen.batch_key != batch.key:
+            seen.looks, seen.batch_key = self._look_at_batch(session, batch, uid), batch.key
+        looks = seen.looks
+        # Health, the one thing that moves between passes without a write: asked for all members at once,
+        # per model version (one health source each), only of those whose health is looked at.
+        verdicts = [False] * len(looks)
+        by_model: dict[int, tuple[list[int], list[tuple[str, str, int, str, str]]]] = {}
+        for index, (_, _, look) in enumerate(looks):
+            if look is not None:
+                indexes, looked = by_model.setdefault(look[1], ([], []))
+                indexes.append(index)
+                looked.append(look[0])
+        for version, (indexes, looked) in by_model.items():
+            for index, answer in zip(indexes, health.many_checker(model(version))(looked), strict=True):
+                verdicts[index] = answer
+        current = [
+            (Member(row.instance_row_id, row.instance_id, row.batch, row.state, task_state, verdict), row)
+            for (row, task_state, _), verdict in zip(looks, verdicts, strict=True)
+        ]
+        if run.phase == "ready":
+            self._judged[run.id] = ((run.batch_number, run.phase), current)
+        return earlier, current
+
+    @staticmethod
+    def _look_at_batch(
+        session: Session, batch: _Batch, uid: str
+    ) -> list[tuple[_MemberRow, TaskState, _Look | None]]:
+        """The current batch's members with their task states and, for those whose health counts now (the
+        member is upgrading, its action done, its watched instance live), what the health check needs."""
         instances = {
             row[0]: _InstanceRow._make(row)
             for row in rows_by_ids(
@@ -503,26 +571,26 @@ class RollingEngine:
             row_id: status
             for row_id, status in rows_by_ids(session, "tasks", ("instance_row_id", "status"), batch.task_ids)
         }
-        # The one loop every pass runs over every member of every running batch: kept flat.
-        current = []
+        looks: list[tuple[_MemberRow, TaskState, _Look | None]] = []
         for row in batch.members:
             watched = instances.get(row.watched_row)
             task_state: TaskState = (
                 "none" if row.action == "none" else _task_state(tasks.get(row.watched_row))
             )
-            is_healthy = bool(
-                task_state == "done"
-                and row.state == "upgrading"
-                and watched is not None
-                and healthy(watched.instance_id, watched)
-            )
-            member = Member(
-                row.instance_row_id, row.instance_id, row.batch, row.state, task_state, is_healthy
-            )
-            current.append((member, row))
-        if run.phase == "ready":
-            self._judged[run.id] = ((run.batch_number, run.phase), current)
-        return earlier, current
+            look: _Look | None = None
+            if task_state == "done" and row.state == "upgrading" and watched is not None:
+                look = (
+                    (
+                        f"{uid}/{watched.instance_id}",
+                        watched.address,
+                        watched.os_disk_generation,
+                        watched.power_state,
+                        watched.provisioning_state,
+                    ),
+                    watched.model_version,
+                )
+            looks.append((row, task_state, look))
+        return looks
 
     @staticmethod
     def _read_batch(session: Session, run: _RunRow) -> _Batch:

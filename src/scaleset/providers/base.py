@@ -181,5 +181,10 @@ class Provider(ABC):
 
         return probe_address(address, probe)
 
+    def probe_health_many(self, targets: Sequence[tuple[str, str]], probe: HealthProbe) -> list[bool]:
+        """`probe_health` of many (key, address) pairs, the answers in order. By default one at a time; a
+        provider that answers from its own model (the simulated fleet) does them all in one go."""
+        return [self.probe_health(key, address, probe) for key, address in targets]
+
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release what the provider holds in this process; instances keep running."""

@@ -327,6 +327,16 @@ class SimProvider(Provider):
             instance = self._instances.get(key)
             return instance is not None and _healthy(instance, now)
 
+    def probe_health_many(self, targets: Sequence[tuple[str, str]], probe: HealthProbe) -> list[bool]:
+        """`probe_health` of many instances under one clock reading and one lock."""
+        now = self._now()
+        with self._lock:
+            instances = self._instances
+            return [
+                instance is not None and _healthy(instance, now)
+                for instance in [instances.get(key) for key, _ in targets]
+            ]
+
     # -- machinery -----------------------------------------------------------------------------------
 
     def _now(self) -> float:

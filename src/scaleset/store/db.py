@@ -7,6 +7,7 @@ at once instead of waiting; with the lock every write waits its turn. Readers ne
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,8 @@ class Database:
             event.listen(self.engine, "connect", _tune_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
+        self._watcher: sqlite3.Connection | None = None
+        self._watcher_lock = threading.Lock()
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (run at every start; a no-op when current)."""
@@ -74,7 +77,29 @@ class Database:
         with self._write_lock, self._sessions() as session, session.begin():
             yield session
 
+    def change_token(self) -> int | None:
+        """A number that differs from the last one this returned whenever anything committed a change to
+        the database in between, from this process or any other; None when that cannot be known.
+
+        What lets the rolling engine keep the rows it read in one pass for the next when nothing was
+        written meanwhile (an upgrade waiting for health spends most of its passes like that). On SQLite it
+        is `PRAGMA data_version` on a connection of its own that never writes: SQLite changes that number
+        for every commit by any other connection, whatever process made it. Other databases have no such
+        cheap signal here, so callers always read again there. Read the token *before* the rows it
+        vouches for: a commit between the two then only costs one read too many."""
+        database = self.engine.url.database
+        if not self.is_sqlite or not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._watcher = sqlite3.connect(database, check_same_thread=False, timeout=30)
+            return int(self._watcher.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
+        with self._watcher_lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
         self.engine.dispose()
 
 

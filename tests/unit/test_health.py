@@ -1,0 +1,43 @@
+"""The health reader's batched probe (`HealthReader._probe_many`, what the rolling loop asks for a whole
+batch) must give exactly the verdicts one `_probe` per instance gives: the same interval caching and the
+same `numberOfProbes` streak rule (a load balancer's), instance by instance (M-11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaleset.engine.health import HealthReader
+from scaleset.providers.base import HealthProbe, ImageArtifact, InstanceSpec
+from scaleset.providers.sim import Fault, SimProvider
+from scaleset.services.loadbalancers import ProbeSettings
+from tests.fakes import FakeClock
+
+PROBE = HealthProbe("Http", 8080, "/health")
+
+
+def spec(key: str) -> InstanceSpec:
+    return InstanceSpec(key=key, image=ImageArtifact(Path("/images/1.0.0"), ("app",)), address="10.0.0.4")
+
+
+@pytest.mark.parametrize("number_of_probes", [1, 2, 3])
+def test_many_probes_give_the_verdicts_of_one_probe_each(number_of_probes: int) -> None:
+    clock = FakeClock()
+    sim = SimProvider(clock, boot_seconds=10, seed=3)
+    sim.add_fault(Fault("flapping", seconds=7, keys=("s/1", "s/3")))
+    sim.add_fault(Fault("hang", keys=("s/2",)))
+    keys = [f"s/{index}" for index in range(5)]
+    for key in keys:
+        sim.create_instance(spec(key))
+    settings = ProbeSettings(PROBE, interval_seconds=5, number_of_probes=number_of_probes)
+    one = HealthReader(sim, clock, lambda _: settings)
+    many = HealthReader(sim, clock, lambda _: settings)
+    seen = []
+    for step in range(40):
+        targets = [(key, "10.0.0.4", 1 + step // 20) for key in keys]  # a new OS disk halfway
+        singly = [one._probe(key, address, generation, settings) for key, address, generation in targets]
+        assert many._probe_many(targets, settings) == singly
+        seen.append(tuple(singly))
+        clock.advance(2)  # less than the interval: some answers come from the kept streak
+    assert len(set(seen)) >= 3  # the verdicts did move: booting, flapping, a new disk
