@@ -50,7 +50,7 @@ from scaleset.engine.health import HealthPass, HealthReader, InstanceFacts
 from scaleset.observability.logs import log_context
 from scaleset.services.operations import OPEN_TASK_STATES, add_task, add_tasks, chunks
 from scaleset.services.runs import finish_run
-from scaleset.store.db import Database, rows_by_ids
+from scaleset.store.db import Database, raw_rows, rows_by_ids
 from scaleset.store.tables import (
     Instance,
     Operation,
@@ -207,10 +207,23 @@ class _Seen:
     # is not looked at), for `batch_key`.
     batch_key: tuple[int, str] | None = None
     looks: list[tuple[_MemberRow, TaskState, _Look | None]] | None = None
+    # The health verdicts of the last pass and the members built from them with `looks`.
+    current: tuple[list[bool], list[tuple[Member, _MemberRow]]] | None = None
     live_count: int | None = None
 
 
-# The same columns by name, for `rows_by_ids`.
+@dataclass(frozen=True)
+class _Earlier:
+    """The members of a run's batches before `batch_number`, with their rows, and the members alone."""
+
+    batch_number: int
+    pairs: list[tuple[Member, _MemberRow]]
+    members: tuple[Member, ...]
+
+
+# The same columns by name, for `rows_by_ids` and `raw_rows`.
+_MEMBER_FIELDS = ", ".join(column.key for column in _MEMBER_COLUMNS)
+assert _MemberRow._fields == tuple(column.key for column in _MEMBER_COLUMNS)
 _INSTANCE_FIELDS = tuple(column.key for column in _INSTANCE_COLUMNS)
 assert _InstanceRow._fields == _INSTANCE_FIELDS and _INSTANCE_FIELDS[-1] == "provisioning_state"
 
@@ -282,7 +295,7 @@ class RollingEngine:
         self._instance_quota = instance_quota
         self.on_finish: list[Callable[[str], None]] = []
         # Per active run: the members of the batches before the current one, as of that batch number.
-        self._earlier: dict[str, tuple[int, list[tuple[Member, _Row]]]] = {}
+        self._earlier: dict[str, _Earlier] = {}
         self._models: dict[tuple[str, int], Json] = {}
         self._batches: dict[str, _Batch] = {}
         # Per run in the ready phase: the current batch's members as the last pass saw them, judged.
@@ -419,16 +432,20 @@ class RollingEngine:
                 instance.provisioning_state,
             )
 
+        def healthy_many(instances: Sequence[_Row]) -> list[bool]:
+            """`healthy` of many instance rows at once, in order."""
+            return _health_of(health, model, [_look_of(uid, instance) for instance in instances])
+
         candidates: tuple[Candidate, ...] = ()
         unhealthy = 0
         if run.phase in ("rolling_back", "restoring"):
             members, instance_count = self._observe_all(session, run, set_id, healthy)
         else:
             earlier, current = self._observe_batches(session, run, seen, uid, model, health)
-            members = tuple(m for m, _ in earlier) + tuple(m for m, _ in current)
+            members = earlier.members + tuple(m for m, _ in current)
             if run.phase == "ready":
                 instance_count, candidates, unhealthy = self._candidates(
-                    session, run, set_id, [row for _, row in earlier + current], healthy
+                    session, run, set_id, [row for _, row in earlier.pairs + current], healthy
                 )
             else:
                 if seen.live_count is None:
@@ -498,7 +515,7 @@ class RollingEngine:
         uid: str,
         model: Callable[[int], Json],
         health: HealthPass,
-    ) -> tuple[list[tuple[Member, _MemberRow]], list[tuple[Member, _MemberRow]]]:
+    ) -> tuple[_Earlier, list[tuple[Member, _MemberRow]]]:
         """Before a batch and while it runs: (members of earlier batches, members of the current batch),
         each with its row.
 
@@ -507,7 +524,7 @@ class RollingEngine:
         kept from step to step (`_Batch`). Each pass reads again only its instances and task statuses,
         and not even those while the database has not changed since the last pass (`_Seen`)."""
         cached = self._earlier.get(run.id)
-        if cached is None or cached[0] != run.batch_number:
+        if cached is None or cached.batch_number != run.batch_number:
             # Batch N + 1 has started: its earlier batches are those before N, kept, and batch N as the
             # last pass before the start saw it judged (nothing changed it since: a start touches only
             # the new batch). Read from the database only when those are not at hand (a restart).
@@ -515,16 +532,16 @@ class RollingEngine:
             last = run.batch_number - 1
             if (
                 cached is not None
-                and cached[0] == last
+                and cached.batch_number == last
                 and judged is not None
                 and judged[0] == (last, "ready")
             ):
-                earlier = cached[1] + judged[1]
+                pairs = cached.pairs + judged[1]
             else:
-                earlier = self._read_earlier_members(session, run)
-            self._earlier[run.id] = (run.batch_number, earlier)
+                pairs = self._read_earlier_members(session, run)
+            earlier = self._earlier[run.id] = _Earlier(run.batch_number, pairs, tuple(m for m, _ in pairs))
         else:
-            earlier = cached[1]
+            earlier = cached
         batch = self._batches.get(run.id)
         if batch is None or batch.key != (run.batch_number, run.phase):
             batch = self._read_batch(session, run)
@@ -533,23 +550,23 @@ class RollingEngine:
             return earlier, []
         if seen.looks is None or seen.batch_key != batch.key:
             seen.looks, seen.batch_key = self._look_at_batch(session, batch, uid), batch.key
+            seen.current = None
         looks = seen.looks
         # Health, the one thing that moves between passes without a write: asked for all members at once,
         # per model version (one health source each), only of those whose health is looked at.
         verdicts = [False] * len(looks)
-        by_model: dict[int, tuple[list[int], list[tuple[str, str, int, str, str]]]] = {}
-        for index, (_, _, look) in enumerate(looks):
-            if look is not None:
-                indexes, looked = by_model.setdefault(look[1], ([], []))
-                indexes.append(index)
-                looked.append(look[0])
-        for version, (indexes, looked) in by_model.items():
-            for index, answer in zip(indexes, health.many_checker(model(version))(looked), strict=True):
-                verdicts[index] = answer
-        current = [
-            (Member(row.instance_row_id, row.instance_id, row.batch, row.state, task_state, verdict), row)
-            for (row, task_state, _), verdict in zip(looks, verdicts, strict=True)
-        ]
+        watched = [(index, look) for index, (_, _, look) in enumerate(looks) if look is not None]
+        answers = _health_of(health, model, [look for _, look in watched])
+        for (index, _), answer in zip(watched, answers, strict=True):
+            verdicts[index] = answer
+        if seen.current is not None and seen.current[0] == verdicts:
+            current = seen.current[1]  # nothing changed since the last pass, health included
+        else:
+            current = [
+                (Member(row.instance_row_id, row.instance_id, row.batch, row.state, task_state, verdict), row)
+                for (row, task_state, _), verdict in zip(looks, verdicts, strict=True)
+            ]
+            seen.current = (verdicts, current)
         if run.phase == "ready":
             self._judged[run.id] = ((run.batch_number, run.phase), current)
         return earlier, current
@@ -579,16 +596,7 @@ class RollingEngine:
             )
             look: _Look | None = None
             if task_state == "done" and row.state == "upgrading" and watched is not None:
-                look = (
-                    (
-                        f"{uid}/{watched.instance_id}",
-                        watched.address,
-                        watched.os_disk_generation,
-                        watched.power_state,
-                        watched.provisioning_state,
-                    ),
-                    watched.model_version,
-                )
+                look = _look_of(uid, watched)
             looks.append((row, task_state, look))
         return looks
 
@@ -596,18 +604,22 @@ class RollingEngine:
     def _read_batch(session: Session, run: _RunRow) -> _Batch:
         members = tuple(
             _MemberRow._make(row)
-            for row in session.execute(
-                select(*_MEMBER_COLUMNS)
-                .where(UpgradeInstance.upgrade_id == run.id, UpgradeInstance.batch == run.batch_number)
-                .order_by(UpgradeInstance.instance_row_id)
+            for row in raw_rows(
+                session,
+                f"SELECT {_MEMBER_FIELDS} FROM upgrade_instances WHERE upgrade_id = ? AND batch = ?"
+                " ORDER BY instance_row_id",
+                (run.id, run.batch_number),
             )
         )
         newest: dict[int, int] = {}
-        for chunk in chunks([m.watched_row for m in members]):
-            for task_id, row_id in session.execute(
-                select(Task.id, Task.instance_row_id)
-                .where(Task.operation_id == run.operation_id, Task.instance_row_id.in_(chunk))
-                .order_by(Task.id)
+        watched = [m.watched_row for m in members]
+        for start in range(0, len(watched), 900):
+            chunk = watched[start : start + 900]
+            for task_id, row_id in raw_rows(
+                session,
+                "SELECT id, instance_row_id FROM tasks WHERE operation_id = ?"
+                f" AND instance_row_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+                [run.operation_id, *chunk],
             ):
                 newest[row_id] = task_id
         return _Batch((run.batch_number, run.phase), members, tuple(newest.values()))
@@ -906,6 +918,35 @@ class RollingEngine:
                 )
             )
         )
+
+
+def _look_of(uid: str, instance: _Row) -> _Look:
+    """What the health check of an instance needs, from its row."""
+    return (
+        (
+            f"{uid}/{instance.instance_id}",
+            instance.address,
+            instance.os_disk_generation,
+            instance.power_state,
+            instance.provisioning_state,
+        ),
+        instance.model_version,
+    )
+
+
+def _health_of(health: HealthPass, model: Callable[[int], Json], looks: Sequence[_Look]) -> list[bool]:
+    """Health now of many instances, in order: one batched check per model version (each model names its
+    health source), so that a load-balancer probe goes to the provider once for them all."""
+    verdicts = [False] * len(looks)
+    by_model: dict[int, tuple[list[int], list[tuple[str, str, int, str, str]]]] = {}
+    for index, (looked, version) in enumerate(looks):
+        indexes, of_model = by_model.setdefault(version, ([], []))
+        indexes.append(index)
+        of_model.append(looked)
+    for version, (indexes, of_model) in by_model.items():
+        for index, answer in zip(indexes, health.many_checker(model(version))(of_model), strict=True):
+            verdicts[index] = answer
+    return verdicts
 
 
 def _task_state(status: str | None) -> TaskState:
