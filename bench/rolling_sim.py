@@ -61,7 +61,7 @@ if str(REPO) not in sys.path:
 import psutil  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from scaleset.bootstrap import Container, Settings, build  # noqa: E402
+from scaleset.bootstrap import Container, Settings, build, tune_garbage_collection  # noqa: E402
 from scaleset.catalog.service import ImageCoordinates  # noqa: E402
 from scaleset.domain.rolling import Wait  # noqa: E402
 from scaleset.domain.scaleset_spec import MAX_CAPACITY  # noqa: E402
@@ -252,6 +252,7 @@ def run_size(
     sizes = [MAX_CAPACITY] * (instances // MAX_CAPACITY)
     if instances % MAX_CAPACITY:
         sizes.append(instances % MAX_CAPACITY)
+    tune_garbage_collection()  # as `scaleset serve` does: this process stands for the server
     root = Path(tempfile.mkdtemp(prefix="scaleset-bench-sim-"))
     clock = VirtualClock()
     sim = SimProvider(clock, seed=0, boot_seconds=boot_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import tempfile
@@ -27,6 +28,25 @@ from scaleset.services.secrets import SecretBox
 from scaleset.services.tokens import TokenService
 from scaleset.services.upgrades import UpgradeService
 from scaleset.store.db import Database, sqlite_url
+
+# The cyclic garbage collector's thresholds for the server process: (allocations before a young
+# collection, young collections per middle one, middle collections per full one). See
+# `tune_garbage_collection`.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_garbage_collection() -> None:
+    """Collect cyclic garbage less often than Python's default (700, 10, 10), for the server process.
+
+    The control plane keeps a large, long-lived working set (an instance record per simulated or real
+    instance, probe streaks, cached rows), and an engine pass allocates tens of thousands of short-lived
+    tuples and rows. With the default thresholds the collector runs every 700 allocations and a full
+    collection walks the whole working set every 70 000: in an upgrade of 20 000 simulated instances that
+    was about 2 CPU seconds of 45, and the share grows with the fleet. Reference counting still frees
+    everything that is not in a cycle at once; cycles (ORM sessions make some) wait a little longer. Called
+    by `scaleset serve` before it builds the container; the benchmarks call it to run as the server runs.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)

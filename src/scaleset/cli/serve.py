@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from scaleset.api.app import create_app
-from scaleset.bootstrap import Settings, build
+from scaleset.bootstrap import Settings, build, tune_garbage_collection
 from scaleset.cli.tls import ensure_certificate, is_loopback
 from scaleset.observability.logs import LogFormat, configure_logging
 from scaleset.services.addresses import DEFAULT_POOL
@@ -121,6 +121,7 @@ def serve(
         page_size=page_size,
         rollout_phases=rollout_phases,
     )
+    tune_garbage_collection()
     container = build(settings)
     container.start()
     token_path = container.tokens.ensure_admin_token(directory)
