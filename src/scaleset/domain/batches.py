@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 ALREADY_CURRENT = "AlreadyCurrent"
@@ -54,9 +55,10 @@ PROTECTED = "Protected"
 _DEFAULT_PERCENT = 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """One instance of the set as the planner sees it."""
+    """One instance of the set as the planner sees it. (Slotted: the engine makes one per live instance
+    of a set before every batch, and a slotted instance is quicker to make and smaller.)"""
 
     instance_id: int
     zone: str | None
@@ -169,9 +171,13 @@ def plan_batches(
         # An undercount would shrink batches now and change them later, breaking the stability above.
         raise ValueError(f"instance_count {count} is less than the {len(candidates)} candidates given")
     size = batch_size(policy.max_batch_instance_percent, count)
-    pending = [candidate for candidate in candidates if _skip_reason(candidate) is None]
+    # One look at each candidate: the engine plans again before every batch, over the whole set.
+    pending: list[Candidate] = []
+    skipped: list[Candidate] = []
+    for candidate in candidates:
+        (skipped if candidate.protected or candidate.current else pending).append(candidate)
     batches = tuple(chunk for part in _parts(pending, policy) for chunk in _chunks(part, size))
-    return BatchPlan(batch_size=size, batches=batches, skipped=_skipped(candidates))
+    return BatchPlan(batch_size=size, batches=batches, skipped=_skipped(skipped))
 
 
 def fit_batch(
@@ -217,7 +223,7 @@ def _skip_reason(candidate: Candidate) -> str | None:
 
 
 def _skipped(candidates: Iterable[Candidate]) -> tuple[Skipped, ...]:
-    reasons = ((candidate.instance_id, _skip_reason(candidate)) for candidate in candidates)
+    reasons = [(candidate.instance_id, _skip_reason(candidate)) for candidate in candidates]
     return tuple(Skipped(instance_id, reason) for instance_id, reason in sorted(reasons) if reason)
 
 
@@ -237,13 +243,18 @@ def _group_key(policy: BatchPolicy) -> Callable[[Candidate], tuple[int, bool, st
     return key
 
 
+_instance_id = attrgetter("instance_id")
+
+
 def _groups(pending: Iterable[Candidate], policy: BatchPolicy) -> list[list[Candidate]]:
     """Pending candidates by group, groups in run order, members by instance id."""
     key = _group_key(policy)
     groups: dict[tuple[int, bool, str, int], list[Candidate]] = {}
-    for candidate in sorted(pending, key=lambda c: (key(c), c.instance_id)):
+    # By instance id first, then into groups (one key each), then the few groups in order: the same
+    # lists as sorting every candidate by (group, instance id), with far fewer key calls.
+    for candidate in sorted(pending, key=_instance_id):
         groups.setdefault(key(candidate), []).append(candidate)
-    return list(groups.values())
+    return [groups[group] for group in sorted(groups)]
 
 
 def _parts(pending: Iterable[Candidate], policy: BatchPolicy) -> list[list[Candidate]]:

@@ -16,7 +16,7 @@ turn instance rows and health verdicts into `Candidate`s here, with the same rul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -71,30 +71,44 @@ def candidates_of(
 ) -> CandidateView:
     """The candidates of a run towards `target_model_version`, from the set's live instance rows.
 
-    `instances` are the rows not being deleted; `healthy` is asked once per counted row (a load-balancer
-    probe may be sent), never for an `uncounted` one. `taken` and `uncounted` hold row ids (`Instance.id`),
-    not instance ids.
+    `instances` are the rows not being deleted; `healthy` is asked once per counted row, in row order (a
+    load-balancer probe may be sent), never for an `uncounted` one. `taken` and `uncounted` hold row ids
+    (`Instance.id`), not instance ids.
     """
-    candidates: list[Candidate] = []
-    unhealthy: list[int] = []
-    counted = 0
-    for instance in instances:
-        if instance.id in uncounted:
-            continue
-        counted += 1
-        is_healthy = healthy(instance)
-        if not is_healthy:
-            unhealthy.append(instance.instance_id)
-        if instance.id in taken:
-            continue
-        candidates.append(
+    return candidates_of_many(
+        instances,
+        lambda rows: [healthy(row) for row in rows],
+        target_model_version,
+        taken=taken,
+        uncounted=uncounted,
+    )
+
+
+def candidates_of_many(
+    instances: Iterable[Row],
+    healthy_many: Callable[[Sequence[Row]], Sequence[bool]],
+    target_model_version: int,
+    *,
+    taken: Collection[int] = (),
+    uncounted: Collection[int] = (),
+) -> CandidateView:
+    """`candidates_of` with every counted row's health asked at once: `healthy_many(rows)` gives a verdict
+    per row, in order (probes may then be sent together), and is called once, with the counted rows."""
+    counted = [row for row in instances if row.id not in uncounted]
+    verdicts = healthy_many(counted)
+    unhealthy = sorted([row.instance_id for row, ok in zip(counted, verdicts, strict=True) if not ok])
+    candidates = tuple(
+        [
             Candidate(
-                instance_id=instance.instance_id,
-                zone=instance.zone,
-                update_domain=instance.update_domain,
-                healthy=is_healthy,
-                current=instance.model_version >= target_model_version,
-                protected=instance.protect_from_scale_set_actions,
+                row.instance_id,
+                row.zone,
+                row.update_domain,
+                ok,
+                row.model_version >= target_model_version,
+                row.protect_from_scale_set_actions,
             )
-        )
-    return CandidateView(tuple(candidates), counted, tuple(sorted(unhealthy)))
+            for row, ok in zip(counted, verdicts, strict=True)
+            if row.id not in taken
+        ]
+    )
+    return CandidateView(candidates, len(counted), tuple(unhealthy))

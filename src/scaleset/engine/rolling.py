@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session, aliased
 
 from scaleset.domain.batches import BatchPolicy, Candidate
@@ -44,11 +45,11 @@ from scaleset.domain.rolling import (
     Wait,
     plan_next_step,
 )
-from scaleset.engine.candidates import candidates_of
+from scaleset.engine.candidates import candidates_of_many
 from scaleset.engine.clock import Clock
 from scaleset.engine.health import HealthPass, HealthReader, InstanceFacts
 from scaleset.observability.logs import log_context
-from scaleset.services.operations import OPEN_TASK_STATES, add_task, add_tasks, chunks
+from scaleset.services.operations import OPEN_TASK_STATES, TRANSITIONS, add_task, chunks
 from scaleset.services.runs import finish_run
 from scaleset.store.db import Database, raw_rows, rows_by_ids
 from scaleset.store.tables import (
@@ -645,22 +646,31 @@ class RollingEngine:
     ) -> tuple[int, tuple[Candidate, ...], int]:
         """Before a batch: every live instance, its health, and those no batch has taken yet.
         Returns (instance count, candidates, unhealthy count)."""
-        instances = [
-            _InstanceRow._make(row)
+        # `_InstanceRow._make` without its Python frame per row (a thousand rows a set before each batch):
+        # the rows are the SELECT of exactly these fields.
+        make = partial(tuple.__new__, _InstanceRow)
+        instances: list[_InstanceRow] = [
+            make(row)
             for row in rows_by_ids(session, "instances", _INSTANCE_FIELDS, [set_id], key="set_id")
             if row[-1] != "deleting"
         ]
-        live = {row.id for row in instances}
-        surge_rows = {m.surge_row_id for m in member_rows if m.surge_row_id is not None}
-        # A replacement counts towards the set only once the instance it replaces is gone.
-        extras = {m.surge_row_id for m in member_rows if m.surge_row_id in live and m.instance_row_id in live}
+        taken = {row.instance_row_id for row in member_rows}
+        uncounted: set[int] = set()
+        if any(row.surge_row_id is not None for row in member_rows):
+            live = {row.id for row in instances}
+            for row in member_rows:
+                if row.surge_row_id is not None:
+                    taken.add(row.surge_row_id)
+                    # A replacement counts towards the set only once the instance it replaces is gone.
+                    if row.surge_row_id in live and row.instance_row_id in live:
+                        uncounted.add(row.surge_row_id)
         # Built as the plan preview builds them (engine/candidates.py), so a preview shows these batches.
-        view = candidates_of(
+        view = candidates_of_many(
             instances,
-            lambda row: healthy(row.instance_id, row),
+            lambda rows: [healthy(row.instance_id, row) for row in rows],
             run.target_model_version,
-            taken={row.instance_row_id for row in member_rows} | surge_rows,
-            uncounted=extras,
+            taken=taken,
+            uncounted=uncounted,
         )
         return view.instance_count, view.candidates, view.unhealthy_count
 
@@ -669,13 +679,13 @@ class RollingEngine:
         self, session: Session, run: RollingUpgrade, scale_set: ScaleSet, step: Step, now: datetime
     ) -> bool:
         """Persist one step; True when the run finished."""
+        if isinstance(step, ArmHealthWait):
+            run.deadline = step.deadline  # the run alone changes: its operation is not read
+            return False
         operation = session.get(Operation, run.operation_id) if run.operation_id else None
         assert operation is not None, "every run has its operation"
         if isinstance(step, StartBatch):
             self._start_batch(session, run, scale_set, operation, step.instance_ids, now)
-            return False
-        if isinstance(step, ArmHealthWait):
-            run.deadline = step.deadline
             return False
         if isinstance(step, JudgeBatch):
             return self._judge(session, run, scale_set, operation, step, now)
@@ -709,12 +719,119 @@ class RollingEngine:
         now: datetime,
     ) -> None:
         """The batch's members, the instances' new model and their tasks, all in this one transaction
-        (persist before acting), written with one statement per kind of change rather than per row."""
+        (persist before acting).
+
+        Set-wise: the batch's instances are read as their (model version, image) groups, one
+        `change_action` each, and the database copies the members from the instance rows (INSERT …
+        SELECT), then changes the instances and writes the tasks from the members, a statement per group or
+        action. No row of the batch passes through Python: binding hundreds of rows one by one cost several
+        times what SQLite does with them. maxSurge batches are written by `_start_surge`."""
         target = session.get(ScaleSetModel, (scale_set.id, run.target_model_version))
         assert target is not None
+        ids = list(instance_ids)
+        # (model version, image) → (its lowest instance id, its instance count); ids missing from the set
+        # (deleted since the plan) are in no group and so not in the batch.
+        groups: dict[tuple[int, str], tuple[int, int]] = {}
+        connection = session.connection()
+        for chunk in chunks(ids):
+            for version, image, first, count in connection.execute(
+                _BATCH_GROUPS, {"set_id": scale_set.id, "ids": list(chunk)}
+            ):
+                seen = groups.get((version, image))
+                groups[(version, image)] = (
+                    (first, count) if seen is None else (min(first, seen[0]), seen[1] + count)
+                )
+        run.batch_number += 1
+        run.phase = "upgrading"
+        run.deadline = None
+        run.not_before = None
+        size = sum(count for _, count in groups.values())
+        if run.policy.get("maxSurge") and self._surge_fits(session, scale_set, size):
+            self._start_surge(session, run, scale_set, operation, ids, now)
+            return
+        # Each group's action. The actions in the order of their first instance, so that the tasks are
+        # written in the order one pass over the batch by instance id would write them.
+        actions: list[str] = []
+        # Only a statement's own parameters: an UPDATE would take a key named after a column as a value.
+        batch = {"run": run.id, "batch": run.batch_number}
+        for version, image in sorted(groups, key=lambda group: groups[group][0]):
+            action = self._action(session, run, scale_set.id, target, version, image)
+            if action not in actions:
+                actions.append(action)
+            for chunk in chunks(ids):
+                connection.execute(
+                    _MEMBERS_FROM_INSTANCES,
+                    {
+                        **batch,
+                        "now": now,
+                        "set_id": scale_set.id,
+                        "state": "succeeded" if action == "none" else "upgrading",
+                        "action": action,
+                        "version": version,
+                        "image": image,
+                        "ids": list(chunk),
+                    },
+                )
+        for action in actions:
+            # The new model, and what the instance shows while its task waits (`add_task`'s transition).
+            values: dict[str, Any] = {
+                "model_version": run.target_model_version,
+                "image_version": target.exact_image_version,
+                "updated_at": now,
+            }
+            if action == "reimage":
+                values["os_disk_generation"] = Instance.os_disk_generation + 1
+            if action != "none":
+                provisioning, power = TRANSITIONS[action]
+                if provisioning is not None:
+                    values["provisioning_state"] = provisioning
+                if power is not None:
+                    values["power_state"] = power
+            connection.execute(
+                update(Instance).where(Instance.id.in_(_MEMBERS_OF_ACTION)).values(**values),
+                {**batch, "action": action},
+            )
+        for action in actions:
+            if action != "none":
+                connection.execute(
+                    _TASKS_FROM_MEMBERS, {**batch, "action": action, "operation": operation.id, "now": now}
+                )
+
+    @staticmethod
+    def _action(
+        session: Session, run: RollingUpgrade, set_id: int, target: ScaleSetModel, version: int, image: str
+    ) -> str:
+        """What takes an instance on model `version` and `image` to the run's target."""
+        before = session.get(ScaleSetModel, (set_id, version))
+        change: str = change_action(
+            before.model if before else {},
+            target.model,
+            image,
+            target.exact_image_version,
+            before.extension_versions if before else None,
+            target.extension_versions,
+        )
+        # An extension upgrade onto a model version without pins, or from one, cannot tell whether the
+        # versions differ: the extensions are applied again.
+        unknown = before is None or before.extension_versions is None or target.extension_versions is None
+        if change == "none" and run.kind == "extension" and unknown:
+            change = "extensions"
+        return change
+
+    def _start_surge(
+        self,
+        session: Session,
+        run: RollingUpgrade,
+        scale_set: ScaleSet,
+        operation: Operation,
+        instance_ids: list[int],
+        now: datetime,
+    ) -> None:
+        """maxSurge: a new instance on the newest model for each of the batch's, recorded beside it. The
+        old instances are left alone until their replacements are healthy (`_judge`)."""
         instances = [
             row
-            for chunk in chunks(list(instance_ids))
+            for chunk in chunks(instance_ids)
             for row in session.execute(
                 select(
                     Instance.id,
@@ -727,95 +844,41 @@ class RollingEngine:
                 .order_by(Instance.instance_id)
             )
         ]
-        run.batch_number += 1
-        run.phase = "upgrading"
-        run.deadline = None
-        run.not_before = None
-        surge = bool(run.policy.get("maxSurge")) and self._surge_fits(session, scale_set, len(instances))
-        new_instances = self._create_instances(session, operation, scale_set, len(instances)) if surge else []
-        # One change_action per (model version, image) the batch runs, not one per instance.
-        actions: dict[tuple[int, str], str] = {}
-        members: list[dict[str, Any]] = []
-        by_action: dict[str, list[int]] = {}
-        for index, instance in enumerate(instances):
-            known = (instance.model_version, instance.image_version)
-            if known not in actions:
-                before = session.get(ScaleSetModel, (scale_set.id, instance.model_version))
-                change: str = change_action(
-                    before.model if before else {},
-                    target.model,
-                    instance.image_version,
-                    target.exact_image_version,
-                    before.extension_versions if before else None,
-                    target.extension_versions,
-                )
-                # An extension upgrade onto a model version without pins, or from one, cannot tell whether
-                # the versions differ: the extensions are applied again.
-                unknown = (
-                    before is None or before.extension_versions is None or target.extension_versions is None
-                )
-                if change == "none" and run.kind == "extension" and unknown:
-                    change = "extensions"
-                actions[known] = change
-            action = actions[known]
-            members.append(
+        new_instances = self._create_instances(session, operation, scale_set, len(instances))
+        if not instances:
+            return  # every instance of the batch was deleted since the plan: nothing to record
+        session.connection().execute(
+            insert(UpgradeInstance),
+            [
                 {
                     "upgrade_id": run.id,
                     "instance_row_id": instance.id,
                     "instance_id": instance.instance_id,
                     "batch": run.batch_number,
-                    "state": "succeeded" if action == "none" and not surge else "upgrading",
-                    "action": "surge" if surge else action,
+                    "state": "upgrading",
+                    "action": "surge",
                     "before_model_version": instance.model_version,
                     "before_image_version": instance.image_version,
                     "before_os_disk_generation": instance.os_disk_generation,
-                    "surge_row_id": new_instances[index].id if surge else None,
+                    "surge_row_id": new.id,
                     "error": "",
                     "updated_at": now,
                 }
-            )
-            by_action.setdefault(action, []).append(instance.id)
-        if members:
-            session.connection().execute(insert(UpgradeInstance), members)
-        if surge:
-            return  # the old instances are left alone until their replacements are healthy
-        for action, row_ids in by_action.items():
-            values: dict[str, Any] = {
-                "model_version": run.target_model_version,
-                "image_version": target.exact_image_version,
-                "updated_at": now,
-            }
-            if action == "reimage":
-                values["os_disk_generation"] = Instance.os_disk_generation + 1
-            for chunk in chunks(row_ids):
-                session.execute(update(Instance).where(Instance.id.in_(chunk)).values(**values))
-        add_tasks(
-            session,
-            operation.id,
-            [
-                (row_id, action)
-                for action, row_ids in by_action.items()
-                if action != "none"
-                for row_id in row_ids
+                for instance, new in zip(instances, new_instances, strict=True)
             ],
-            now,
         )
 
     def _surge_fits(self, session: Session, scale_set: ScaleSet, extra: int) -> bool:
         """maxSurge needs room for `extra` more instances; otherwise the batch upgrades in place (Azure)."""
-        live = len(
-            list(
-                session.scalars(
-                    select(Instance.id).where(
-                        Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting"
-                    )
-                )
+        live = session.scalar(
+            select(func.count()).where(
+                Instance.set_id == scale_set.id, Instance.provisioning_state != "deleting"
             )
         )
         quota = int(
             (scale_set.document.get("tags") or {}).get("scaleset:instanceQuota") or self._instance_quota
         )
-        return live + extra <= quota
+        return int(live or 0) + extra <= quota
 
     def _judge(
         self,
@@ -826,12 +889,9 @@ class RollingEngine:
         step: JudgeBatch,
         now: datetime,
     ) -> bool:
+        # A Core statement on the connection: no member of the run is an ORM object in this session yet.
         for chunk in chunks(step.succeeded):
-            session.execute(
-                update(UpgradeInstance)
-                .where(UpgradeInstance.upgrade_id == run.id, UpgradeInstance.instance_row_id.in_(chunk))
-                .values(state="succeeded", updated_at=now)
-            )
+            session.connection().execute(_MARK_SUCCEEDED, {"run": run.id, "rows": list(chunk), "now": now})
         if run.policy.get("maxSurge"):
             for row in self._members(session, run, step.succeeded):
                 if row.action == "surge":
@@ -1041,3 +1101,84 @@ def _live_count(session: Session, run: _RunRow, set_id: int) -> int:
         .where(UpgradeInstance.upgrade_id == run.id)
     )
     return int(live or 0) - int(extras or 0)
+
+
+# `_start_batch`'s statements (its transaction holds no ORM object of these rows, so Core statements on the
+# connection are safe, and compiled once).
+# A batch's instances by (model version, image): one row per group, with its lowest instance id and size.
+_BATCH_GROUPS = (
+    select(Instance.model_version, Instance.image_version, func.min(Instance.instance_id), func.count())
+    .where(Instance.set_id == bindparam("set_id"), Instance.instance_id.in_(bindparam("ids", expanding=True)))
+    .group_by(Instance.model_version, Instance.image_version)
+)
+# The members of one group, with what each instance runs before the batch (for a rollback).
+_MEMBERS_FROM_INSTANCES = insert(UpgradeInstance).from_select(
+    [
+        "upgrade_id",
+        "instance_row_id",
+        "instance_id",
+        "batch",
+        "state",
+        "action",
+        "before_model_version",
+        "before_image_version",
+        "before_os_disk_generation",
+        "error",
+        "updated_at",
+    ],
+    select(
+        bindparam("run", type_=UpgradeInstance.upgrade_id.type),
+        Instance.id,
+        Instance.instance_id,
+        bindparam("batch", type_=UpgradeInstance.batch.type),
+        bindparam("state", type_=UpgradeInstance.state.type),
+        bindparam("action", type_=UpgradeInstance.action.type),
+        Instance.model_version,
+        Instance.image_version,
+        Instance.os_disk_generation,
+        literal("", UpgradeInstance.error.type),
+        bindparam("now", type_=UpgradeInstance.updated_at.type),
+    )
+    .where(
+        Instance.set_id == bindparam("set_id"),
+        Instance.model_version == bindparam("version"),
+        Instance.image_version == bindparam("image"),
+        Instance.instance_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(Instance.instance_id),
+)
+# The instance rows of the batch's members with one action (`ix_upgrade_instances_upgrade_batch`).
+_MEMBERS_OF_ACTION = select(UpgradeInstance.instance_row_id).where(
+    UpgradeInstance.upgrade_id == bindparam("run"),
+    UpgradeInstance.batch == bindparam("batch"),
+    UpgradeInstance.action == bindparam("action"),
+)
+# Their tasks, as `add_task` writes them, by instance id.
+_TASKS_FROM_MEMBERS = insert(Task).from_select(
+    ["operation_id", "instance_row_id", "action", "status", "error", "attempts", "created_at", "updated_at"],
+    select(
+        bindparam("operation", type_=Task.operation_id.type),
+        UpgradeInstance.instance_row_id,
+        UpgradeInstance.action,
+        literal("pending", Task.status.type),
+        literal("", Task.error.type),
+        literal(0, Task.attempts.type),
+        bindparam("now", type_=Task.created_at.type),
+        bindparam("now", type_=Task.updated_at.type),
+    )
+    .where(
+        UpgradeInstance.upgrade_id == bindparam("run"),
+        UpgradeInstance.batch == bindparam("batch"),
+        UpgradeInstance.action == bindparam("action"),
+    )
+    .order_by(UpgradeInstance.instance_id),
+)
+# The members a judged batch found healthy.
+_MARK_SUCCEEDED = (
+    update(UpgradeInstance)
+    .where(
+        UpgradeInstance.upgrade_id == bindparam("run"),
+        UpgradeInstance.instance_row_id.in_(bindparam("rows", expanding=True)),
+    )
+    .values(state="succeeded", updated_at=bindparam("now", type_=UpgradeInstance.updated_at.type))
+)
