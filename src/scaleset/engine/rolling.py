@@ -446,7 +446,7 @@ class RollingEngine:
             members = earlier.members + tuple(m for m, _ in current)
             if run.phase == "ready":
                 instance_count, candidates, unhealthy = self._candidates(
-                    session, run, set_id, [row for _, row in earlier.pairs + current], healthy
+                    session, run, set_id, [row for _, row in earlier.pairs + current], healthy_many
                 )
             else:
                 if seen.live_count is None:
@@ -642,7 +642,11 @@ class RollingEngine:
 
     @staticmethod
     def _candidates(
-        session: Session, run: _RunRow, set_id: int, member_rows: list[_MemberRow], healthy: _Healthy
+        session: Session,
+        run: _RunRow,
+        set_id: int,
+        member_rows: list[_MemberRow],
+        healthy_many: Callable[[Sequence[_Row]], list[bool]],
     ) -> tuple[int, tuple[Candidate, ...], int]:
         """Before a batch: every live instance, its health, and those no batch has taken yet.
         Returns (instance count, candidates, unhealthy count)."""
@@ -667,7 +671,7 @@ class RollingEngine:
         # Built as the plan preview builds them (engine/candidates.py), so a preview shows these batches.
         view = candidates_of_many(
             instances,
-            lambda rows: [healthy(row.instance_id, row) for row in rows],
+            healthy_many,
             run.target_model_version,
             taken=taken,
             uncounted=uncounted,
