@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from scaleset.catalog.extensions import resolve_handler_version
@@ -57,7 +57,14 @@ from scaleset.providers.base import (
 )
 from scaleset.services.operations import chunks, complete_if_done
 from scaleset.services.secrets import SecretBox
-from scaleset.store.db import Database, rows_by_ids
+from scaleset.store.db import (
+    Database,
+    bind_processor_of,
+    execute_many,
+    result_processor_of,
+    rows_by_ids,
+    select_in,
+)
 from scaleset.store.tables import ExtensionImage, Image, Instance, ScaleSet, ScaleSetModel, Task
 
 log = logging.getLogger("scaleset.engine")
@@ -177,48 +184,50 @@ class _ClaimRow(NamedTuple):
     extension_versions: dict[str, str] | None
 
 
-# What a claim reads of each pending task and of its instance, as plain columns.
+# What a claim reads of each pending task and of its instance, as plain columns, in `_ClaimRow`'s order.
 _CLAIM_COLUMNS = (
-    Task.id,
-    Task.action,
-    Task.operation_id,
-    Task.instance_row_id,
-    Instance.id.label("row_id"),
-    Instance.set_id,
-    Instance.instance_id,
-    Instance.model_version,
-    Instance.image_version,
-    Instance.address,
-    Instance.os_disk_generation,
-    Instance.certificate_pem,
-    Instance.private_key_sealed,
-    Instance.extension_versions,
+    "tasks.id",
+    "tasks.action",
+    "tasks.operation_id",
+    "tasks.instance_row_id",
+    "instances.id",  # row_id
+    "instances.set_id",
+    "instances.instance_id",
+    "instances.model_version",
+    "instances.image_version",
+    "instances.address",
+    "instances.os_disk_generation",
+    "instances.certificate_pem",
+    "instances.private_key_sealed",
+    "instances.extension_versions",
 )
+assert len(_CLAIM_COLUMNS) == len(_ClaimRow._fields)
 
-
-_CLAIM = (
-    select(*_CLAIM_COLUMNS)
-    .outerjoin(Instance, Instance.id == Task.instance_row_id)
-    .where(Task.id.in_(bindparam("ids", expanding=True)))
-)
-assert _ClaimRow._fields == tuple(column.key for column in _CLAIM.selected_columns)
-
-# Recording finished tasks: one executemany per shape of change.
+# The claim's and the record's reads and writes go to the driver's cursor directly (`store/db.py`:
+# `select_in`, `execute_many`): they repeat over every task of a pass, and SQLAlchemy's statement,
+# parameter and row machinery costs several times what SQLite does for them. The SQL is the same a
+# Core statement would compile to; values whose type converts them (datetimes, JSON) go through the
+# column type's own processor (`bind_processor_of`, `result_processor_of`).
 _tasks: Table = Task.__table__  # type: ignore[assignment]
 _instances: Table = Instance.__table__  # type: ignore[assignment]
-_TASK_FINISHED = (
-    update(_tasks)
-    .where(_tasks.c.id == bindparam("b_id"))
-    .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=bindparam("b_at"))
+_CLAIM = (
+    f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM tasks LEFT OUTER JOIN instances "
+    "ON instances.id = tasks.instance_row_id WHERE tasks.id IN ({ids})"
 )
-_TASK_SETTLING = _TASK_FINISHED.values(expect=bindparam("b_expect"), deadline=bindparam("b_deadline"))
-_INSTANCE_ACTED = (
-    update(_instances)
-    .where(_instances.c.id == bindparam("b_id"))
-    .values(power_state=bindparam("b_power"), updated_at=bindparam("b_at"))
+# A settling task of an instance a claim gives a new action (it ends that wait).
+_SETTLING_OF = (
+    "SELECT id, instance_row_id FROM tasks WHERE status = 'settling' AND instance_row_id IN ({ids})"
 )
-_INSTANCE_SETTLED = _INSTANCE_ACTED.values(
-    provisioning_state=bindparam("b_provisioning"), status_message=bindparam("b_message")
+_TASK_RUNNING = "UPDATE tasks SET status = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?"
+# Recording finished tasks: one executemany per shape of change.
+_TASK_FINISHED = "UPDATE tasks SET status = ?, error = ?, updated_at = ? WHERE id = ?"
+_TASK_SETTLING = (
+    "UPDATE tasks SET status = ?, error = ?, updated_at = ?, expect = ?, deadline = ? WHERE id = ?"
+)
+_INSTANCE_ACTED = "UPDATE instances SET power_state = ?, updated_at = ? WHERE id = ?"
+_INSTANCE_SETTLED = (
+    "UPDATE instances SET power_state = ?, updated_at = ?, provisioning_state = ?, status_message = ? "
+    "WHERE id = ?"
 )
 
 
@@ -440,7 +449,12 @@ class Executor:
         self._thread.start()
 
     def wake(self) -> None:
-        self._wakeup.set()
+        # Every finished task wakes the loop: setting an Event takes its lock, for which 8 workers
+        # finishing instant actions queue. Already set, setting it again changes nothing (a waiter
+        # only waits while it is clear), and reading the flag takes no lock. A clear() that races
+        # with this check comes before the pass that records what the caller left for it.
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -495,7 +509,12 @@ class Executor:
         claimed: list[ClaimedTask] = []
         with self._db.write() as session:
             rows = _ClaimRows(session)
-            busy = set(session.scalars(select(Task.instance_row_id).where(Task.status == "running")))
+            busy = {
+                row_id
+                for (row_id,) in rows_by_ids(
+                    session, "tasks", ("instance_row_id",), ["running"], key="status"
+                )
+            }
             # Oldest first (tasks of busy instances are skipped), from the (status, instance) index alone:
             # ordered by id in SQL, SQLite would sort every pending task's row for each claim.
             pending = sorted(
@@ -510,21 +529,14 @@ class Executor:
                 busy.add(row_id)
                 picked.append(task_id)
             self._last_picked = len(picked)
-            chosen = sorted(
-                (
-                    _ClaimRow._make(row)
-                    for chunk in chunks(picked)
-                    for row in session.connection().execute(_CLAIM, {"ids": chunk})
-                ),
-                key=lambda row: row.id,
-            )
+            chosen = self._claim_rows(session, picked)
             if not chosen:
                 return claimed
+            # Task ids by instance; rows are loaded only for the few that a new action supersedes.
             settling = {
-                t.instance_row_id: t
-                for chunk in chunks([row.instance_row_id for row in chosen])
-                for t in session.scalars(
-                    select(Task).where(Task.status == "settling", Task.instance_row_id.in_(chunk))
+                row_id: task_id
+                for task_id, row_id in select_in(
+                    session, _SETTLING_OF, [row.instance_row_id for row in chosen]
                 )
             }
             operations: set[str] = set()
@@ -550,19 +562,17 @@ class Executor:
                     _fail(failed, instance, str(error))
                     operations.add(row.operation_id)
                     continue
-                if (earlier := settling.pop(row.instance_row_id, None)) is not None:
+                if (earlier_id := settling.pop(row.instance_row_id, None)) is not None:
                     # A new action on the instance ends the wait for the guest's word on the last one.
+                    earlier = session.get(Task, earlier_id)
+                    assert earlier is not None
                     earlier.status = "done"
                     earlier.error = f"superseded by {row.action} before the guest reported"
                     operations.add(earlier.operation_id)
                 running.append(row.id)
                 claimed.append(task)
-            for chunk in chunks(running):
-                session.execute(
-                    update(Task)
-                    .where(Task.id.in_(chunk))
-                    .values(status="running", attempts=Task.attempts + 1, updated_at=now)
-                )
+            at = bind_processor_of(session, _tasks.c.updated_at)(now)
+            execute_many(session, _TASK_RUNNING, [(at, task_id) for task_id in running])
             if versions:
                 # What each goal state resolved to, so an extension upgrade knows who runs the newest.
                 session.execute(
@@ -573,6 +583,23 @@ class Executor:
             for operation_id in sorted(operations):
                 complete_if_done(session, operation_id, now)
         return claimed
+
+    @staticmethod
+    def _claim_rows(session: Session, picked: list[int]) -> list[_ClaimRow]:
+        """The picked tasks with their instances, oldest first."""
+        decode = result_processor_of(session, _instances.c.extension_versions)
+        # A fleet's instances share a handful of extension-version documents: parse each text once.
+        decoded: dict[Any, dict[str, str] | None] = {}
+        chosen = []
+        for row in select_in(session, _CLAIM, picked):
+            versions = row[-1]
+            if isinstance(versions, str):  # JSON text (SQLite); a driver may have decoded it already
+                if versions not in decoded:
+                    decoded[versions] = decode(versions)
+                versions = decoded[versions]
+            chosen.append(_ClaimRow._make((*row[:-1], versions)))
+        chosen.sort(key=lambda row: row.id)
+        return chosen
 
     def _claimed(
         self, rows: _ClaimRows, scale_set: ScaleSet, row: _ClaimRow, versions: dict[int, dict[str, str]]
@@ -785,76 +812,54 @@ class Executor:
     def _record(self, session: Session, outcomes: list[_Outcome], now: datetime) -> None:
         ids = [outcome.task.task_id for outcome in outcomes]
         tasks = {
-            row.id: row
-            for chunk in chunks(ids)
-            for row in session.execute(
-                select(Task.id, Task.instance_row_id, Task.operation_id).where(Task.id.in_(chunk))
+            task_id: (row_id, operation_id)
+            for task_id, row_id, operation_id in rows_by_ids(
+                session, "tasks", ("id", "instance_row_id", "operation_id"), ids
             )
         }
-        row_ids = [row.instance_row_id for row in tasks.values()]
         live = {
-            row_id
-            for chunk in chunks(row_ids)
-            for row_id in session.scalars(select(Instance.id).where(Instance.id.in_(chunk)))
+            row_id for (row_id,) in rows_by_ids(session, "instances", ("id",), [r for r, _ in tasks.values()])
         }
-        finished: list[dict[str, Any]] = []
-        settling: list[dict[str, Any]] = []
-        acted: list[dict[str, Any]] = []
-        settled: list[dict[str, Any]] = []
+        at = bind_processor_of(session, _tasks.c.updated_at)(now)
+        as_json = bind_processor_of(session, _tasks.c.expect)
+        as_deadline = bind_processor_of(session, _tasks.c.deadline)
+        # The tasks of one set and model share their expectation object: its JSON is made once.
+        expectations: dict[GuestExpectation, Any] = {}
+        finished: list[tuple[Any, ...]] = []
+        settling: list[tuple[Any, ...]] = []
+        acted: list[tuple[Any, ...]] = []
+        settled: list[tuple[Any, ...]] = []
         deleted: list[int] = []
         operations: set[str] = set()
         for outcome in outcomes:
             task, error = outcome.task, outcome.error
-            row = tasks.get(task.task_id)
-            if row is None:
+            found = tasks.get(task.task_id)
+            if found is None:
                 continue
-            instance_id = row.instance_row_id if row.instance_row_id in live else None
-            if instance_id is not None and error is None and task.expect is not None and task.expect.waits:
+            row_id, operation_id = found
+            instance_id = row_id if row_id in live else None
+            expect = task.expect
+            if instance_id is not None and error is None and expect is not None and expect.waits:
                 # Acted; the instance is provisioned once the guest reports custom data and extensions.
-                settling.append(
-                    {
-                        "b_id": task.task_id,
-                        "b_status": "settling",
-                        "b_error": "",
-                        "b_at": now,
-                        "b_expect": task.expect.to_json(),
-                        "b_deadline": now + timedelta(seconds=task.budget_seconds),
-                    }
-                )
-                acted.append({"b_id": instance_id, "b_power": POWER_AFTER[task.action], "b_at": now})
+                if expect not in expectations:
+                    expectations[expect] = as_json(expect.to_json())
+                deadline = as_deadline(now + timedelta(seconds=task.budget_seconds))
+                settling.append(("settling", "", at, expectations[expect], deadline, task.task_id))
+                acted.append((POWER_AFTER[task.action], at, instance_id))
                 continue
-            finished.append(
-                {
-                    "b_id": task.task_id,
-                    "b_status": "failed" if error else "done",
-                    "b_error": error or "",
-                    "b_at": now,
-                }
-            )
-            operations.add(row.operation_id)
+            finished.append(("failed" if error else "done", error or "", at, task.task_id))
+            operations.add(operation_id)
             if instance_id is None:
                 continue
             if task.action == "delete" and error is None:
                 deleted.append(instance_id)
             else:
-                settled.append(
-                    {
-                        "b_id": instance_id,
-                        "b_provisioning": "failed" if error else "succeeded",
-                        "b_power": outcome.power_after_failure if error else POWER_AFTER[task.action],
-                        "b_message": error or "",
-                        "b_at": now,
-                    }
-                )
-        connection = session.connection()
-        for statement, changes in (
-            (_TASK_FINISHED, finished),
-            (_TASK_SETTLING, settling),
-            (_INSTANCE_ACTED, acted),
-            (_INSTANCE_SETTLED, settled),
-        ):
-            if changes:
-                connection.execute(statement, changes)
+                power = outcome.power_after_failure if error else POWER_AFTER[task.action]
+                settled.append((power, at, "failed" if error else "succeeded", error or "", instance_id))
+        execute_many(session, _TASK_FINISHED, finished)
+        execute_many(session, _TASK_SETTLING, settling)
+        execute_many(session, _INSTANCE_ACTED, acted)
+        execute_many(session, _INSTANCE_SETTLED, settled)
         for chunk in chunks(deleted):
             session.execute(delete(Instance).where(Instance.id.in_(chunk)))
         for operation_id in sorted(operations):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -146,3 +146,66 @@ def rows_by_ids(
 
 # SQLite binds at most 32 766 parameters per statement (999 before 3.32).
 _IDS_PER_STATEMENT = 900
+
+
+def select_in(session: Session, query: str, ids: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The rows of `query`, whose one `{ids}` stands for an IN list of `ids`, as plain tuples, on the
+    session's own connection (inside its transaction): `rows_by_ids` for a query of another shape (a
+    join, another condition beside the IN). The query comes from our own code, never from a request; the
+    ids are bound parameters, `_IDS_PER_STATEMENT` at a time."""
+    if not ids:
+        return []
+    connection = session.connection()
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), _IDS_PER_STATEMENT):
+            chunk = list(ids[start : start + _IDS_PER_STATEMENT])
+            cursor.execute(query.format(ids=", ".join([placeholder] * len(chunk))), chunk)
+            found.extend(cursor.fetchall())
+        return found
+    finally:
+        cursor.close()
+
+
+def execute_many(session: Session, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`statement` once for each row of parameters, with the DBAPI cursor's own executemany on the
+    session's connection (inside its transaction).
+
+    For the writes an engine pass repeats over hundreds of rows: SQLAlchemy builds and processes a
+    parameter dictionary per row, which costs several times what SQLite does. `statement` marks its
+    parameters `?` (no other `?` may appear in it) and is rewritten for a `format` driver; the values go
+    to the driver as they are, so a value whose column type converts it (a datetime on SQLite, JSON)
+    must be passed through `bind_processor_of` first."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.paramstyle != "qmark":
+        statement = statement.replace("?", "%s")
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(statement, rows)
+    finally:
+        cursor.close()
+
+
+def bind_processor_of(session: Session, column: ColumnElement[Any]) -> Callable[[Any], Any]:
+    """What SQLAlchemy does to a Python value of `column` before it reaches this session's driver (a
+    datetime made text on SQLite, a dict made JSON), for values written with `execute_many`."""
+    dialect = session.connection().dialect
+    # The dialect's own implementation of the type (SQLite's DATETIME for DateTime), as SQLAlchemy uses.
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process if process is not None else _unchanged
+
+
+def result_processor_of(session: Session, column: ColumnElement[Any]) -> Callable[[Any], Any]:
+    """What SQLAlchemy does to a value of `column` the driver returned (JSON text parsed on SQLite), for
+    values read with `rows_by_ids` or `select_in`."""
+    dialect = session.connection().dialect
+    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return process if process is not None else _unchanged
+
+
+def _unchanged(value: Any) -> Any:
+    return value
