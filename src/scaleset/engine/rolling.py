@@ -51,7 +51,7 @@ from scaleset.engine.health import HealthPass, HealthReader, InstanceFacts
 from scaleset.observability.logs import log_context
 from scaleset.services.operations import OPEN_TASK_STATES, TRANSITIONS, add_task, chunks
 from scaleset.services.runs import finish_run
-from scaleset.store.db import Database, raw_rows, rows_by_ids
+from scaleset.store.db import Database, raw_rows, rows_by_ids, select_in
 from scaleset.store.tables import (
     Instance,
     Operation,
@@ -613,16 +613,14 @@ class RollingEngine:
             )
         )
         newest: dict[int, int] = {}
-        watched = [m.watched_row for m in members]
-        for start in range(0, len(watched), 900):
-            chunk = watched[start : start + 900]
-            for task_id, row_id in raw_rows(
-                session,
-                "SELECT id, instance_row_id FROM tasks WHERE operation_id = ?"
-                f" AND instance_row_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
-                [run.operation_id, *chunk],
-            ):
-                newest[row_id] = task_id
+        for task_id, row_id in select_in(
+            session,
+            "SELECT id, instance_row_id FROM tasks WHERE operation_id = ? AND instance_row_id IN ({ids})"
+            " ORDER BY id",
+            [m.watched_row for m in members],
+            leading=(run.operation_id,),
+        ):
+            newest[row_id] = task_id
         return _Batch((run.batch_number, run.phase), members, tuple(newest.values()))
 
     @staticmethod

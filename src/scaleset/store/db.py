@@ -103,19 +103,26 @@ class Database:
         self.engine.dispose()
 
 
+@contextmanager
+def _driver_cursor(session: Session) -> Iterator[tuple[Any, str]]:
+    """A cursor of the driver itself on the session's connection (so inside its transaction), and the
+    driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    connection = session.connection()
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor, placeholder
+    finally:
+        cursor.close()
+
+
 def raw_rows(session: Session, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Our own `sql` (written with `?` placeholders) as plain tuples, on the session's connection and inside
     its transaction, without SQLAlchemy's statement and result machinery: for reads an engine pass repeats,
     where that machinery costs more than the database. Never for text that comes from a request."""
-    connection = session.connection()
-    if connection.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, list(parameters))
+    with _driver_cursor(session) as (cursor, placeholder):
+        cursor.execute(sql.replace("?", placeholder), list(parameters))
         return list(cursor.fetchall())
-    finally:
-        cursor.close()
 
 
 def rows_by_ids(
@@ -127,46 +134,31 @@ def rows_by_ids(
     For the few reads an engine pass repeats over hundreds of rows at a time: there, binding an IN list
     through SQLAlchemy (and reading its rows by name) costs several times what SQLite does. Names come
     from our own code, never from a request; the values are bound parameters."""
-    if not ids:
-        return []
-    connection = session.connection()
-    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        found: list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), _IDS_PER_STATEMENT):
-            chunk = list(ids[start : start + _IDS_PER_STATEMENT])
-            marks = ", ".join([placeholder] * len(chunk))
-            cursor.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IN ({marks})", chunk)
-            found.extend(cursor.fetchall())
-        return found
-    finally:
-        cursor.close()
+    return select_in(session, f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IN ({{ids}})", ids)
 
 
 # SQLite binds at most 32 766 parameters per statement (999 before 3.32).
 _IDS_PER_STATEMENT = 900
 
 
-def select_in(session: Session, query: str, ids: Sequence[Any]) -> list[tuple[Any, ...]]:
+def select_in(
+    session: Session, query: str, ids: Sequence[Any], leading: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
     """The rows of `query`, whose one `{ids}` stands for an IN list of `ids`, as plain tuples, on the
     session's own connection (inside its transaction): `rows_by_ids` for a query of another shape (a
-    join, another condition beside the IN). The query comes from our own code, never from a request; the
-    ids are bound parameters, `_IDS_PER_STATEMENT` at a time."""
+    join, another condition beside the IN). `leading` are the values of the `?` placeholders before the
+    IN list. The query comes from our own code, never from a request; the ids are bound parameters,
+    `_IDS_PER_STATEMENT` at a time."""
     if not ids:
         return []
-    connection = session.connection()
-    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _driver_cursor(session) as (cursor, placeholder):
+        query = query.replace("?", placeholder)
         found: list[tuple[Any, ...]] = []
         for start in range(0, len(ids), _IDS_PER_STATEMENT):
             chunk = list(ids[start : start + _IDS_PER_STATEMENT])
-            cursor.execute(query.format(ids=", ".join([placeholder] * len(chunk))), chunk)
+            cursor.execute(query.format(ids=", ".join([placeholder] * len(chunk))), [*leading, *chunk])
             found.extend(cursor.fetchall())
         return found
-    finally:
-        cursor.close()
 
 
 def execute_many(session: Session, statement: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -180,14 +172,8 @@ def execute_many(session: Session, statement: str, rows: Sequence[Sequence[Any]]
     must be passed through `bind_processor_of` first."""
     if not rows:
         return
-    connection = session.connection()
-    if connection.dialect.paramstyle != "qmark":
-        statement = statement.replace("?", "%s")
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(statement, rows)
-    finally:
-        cursor.close()
+    with _driver_cursor(session) as (cursor, placeholder):
+        cursor.executemany(statement.replace("?", placeholder), rows)
 
 
 def bind_processor_of(session: Session, column: ColumnElement[Any]) -> Callable[[Any], Any]:
