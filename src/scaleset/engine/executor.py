@@ -496,8 +496,11 @@ class Executor:
             # order and parallelism as one pool job per task, without a future and a thread hand-off
             # for each of hundreds of instant (simulated) actions.
             self._to_run.extend(claimed)
-            for _ in range(min(self._workers, len(claimed))):
-                self._pool.submit(self._work)
+            if self._provider.acts_at_once:
+                self._work()  # nothing to wait for: run them here, in order, as one worker would
+            else:
+                for _ in range(min(self._workers, len(claimed))):
+                    self._pool.submit(self._work)
         # A full claim leaves work behind: come back at once. Count what was picked, not what runs: tasks
         # that ended inside the claim (instance gone, spec refused) filled the claim too.
         if self._last_picked >= self._claim_limit:

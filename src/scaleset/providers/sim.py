@@ -158,6 +158,7 @@ class SimProvider(Provider):
     """A simulated fleet on `clock`'s virtual time (`boot_seconds` per boot) with seeded `faults`."""
 
     name = "sim"
+    acts_at_once = True  # every action is a change to the in-memory model, on virtual time
 
     def __init__(
         self, clock: Clock, *, seed: int = 0, boot_seconds: float = 30.0, faults: Iterable[Fault] = ()
