@@ -118,6 +118,15 @@ class _Observed:
     set_name: str
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A run looked at and the step it takes next (not a Wait), chosen at `now`."""
+
+    observed: _Observed
+    step: Step
+    now: datetime
+
+
 # What the loop reads of an instance, as plain columns (an ORM object each would cost several times more,
 # and an upgrade of 100 000 instances looks at instances a few million times).
 _INSTANCE_COLUMNS = (
@@ -321,42 +330,66 @@ class RollingEngine:
 
     def step_each(self) -> list[tuple[str, Step]]:
         """One step of every active run, each run's step beside its id. The runs share one health pass:
-        a probe's settings are read once for all of them."""
+        a probe's settings are read once for all of them.
+
+        Every run is looked at before any acts. A step writes only its own run's rows and its own set's
+        instances and tasks, so acting on one run cannot make another's look stale (and each act checks
+        its own run row again under the write lock); but any write moves the database's change token, and
+        with the looks first no run's look has to read again what the last pass read of it because another
+        run just stepped (`_Seen`): with a hundred sets judging in the same pass, that was 99 needless reads
+        of a batch each."""
         health = self._health.one_pass()
-        steps: list[tuple[str, Step]] = []
         active = self.active_runs()
         for gone in (set(self._earlier) | set(self._batches) | set(self._judged) | set(self._seen)) - set(
             active
         ):
             self._forget(gone)  # ended outside a step (its set deleted, say): nothing to keep for it
+        planned: list[tuple[str, _Planned | Step]] = []
         for run_id in active:
-            try:
-                steps.append((run_id, self.step(run_id, health)))
-            except Exception:  # one broken run must not stop the others; the next pass retries it
-                with log_context(upgrade=run_id):
+            with log_context(upgrade=run_id):
+                try:
+                    planned.append((run_id, self._plan(run_id, health)))
+                except Exception:  # one broken run must not stop the others; the next pass retries it
                     log.exception("rolling upgrade %s: step failed", run_id)
-                steps.append((run_id, Wait(None, "the step failed")))
+                    planned.append((run_id, Wait(None, "the step failed")))
+        steps: list[tuple[str, Step]] = []
+        for run_id, plan in planned:
+            if not isinstance(plan, _Planned):
+                steps.append((run_id, plan))
+                continue
+            with log_context(upgrade=run_id):
+                try:
+                    steps.append((run_id, self._carry_out(run_id, plan)))
+                except Exception:
+                    log.exception("rolling upgrade %s: step failed", run_id)
+                    steps.append((run_id, Wait(None, "the step failed")))
         return steps
 
     def step(self, run_id: str, health: HealthPass | None = None) -> Step:
         # Every line logged while a run steps names it; once observed, its set and batch too
         # (observability/logs.py: structured logs carry the set, the upgrade and the batch).
         with log_context(upgrade=run_id):
-            return self._step(run_id, health)
+            plan = self._plan(run_id, health or self._health.one_pass())
+            return self._carry_out(run_id, plan) if isinstance(plan, _Planned) else plan
 
-    def _step(self, run_id: str, health: HealthPass | None) -> Step:
+    def _plan(self, run_id: str, health: HealthPass) -> _Planned | Step:
+        """Look at the run and choose its next step; a Wait is the whole step (nothing to write)."""
         now = self._clock.now()
         with self._db.read() as session:
-            observed = self._observe(session, run_id, health or self._health.one_pass())
+            observed = self._observe(session, run_id, health)
         if observed is None:
             self._forget(run_id)
             return Wait(None, "no such run")
         step = plan_next_step(observed.view, now)
         if isinstance(step, Wait):
             return step
+        return _Planned(observed, step, now)
+
+    def _carry_out(self, run_id: str, plan: _Planned) -> Step:
+        observed, step = plan.observed, plan.step
         batch = observed.run.batch_number + (1 if isinstance(step, StartBatch) else 0)
         with log_context(set=observed.set_name, batch=batch or None):
-            return self._act(run_id, observed, step, now)
+            return self._act(run_id, observed, step, plan.now)
 
     def _act(self, run_id: str, observed: _Observed, step: Step, now: datetime) -> Step:
         finished = False
