@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
@@ -307,7 +306,7 @@ def test_order_is_deterministic_and_unhealthy_first_only_when_asked(case: Case, 
     if policy.prioritize_unhealthy_instances:
         assert unhealthy_flags == sorted(unhealthy_flags, reverse=True)
     else:
-        all_healthy = [replace(c, healthy=True) for c in case.candidates]
+        all_healthy = [c._replace(healthy=True) for c in case.candidates]
         assert plan_batches(all_healthy, policy, case.instance_count) == plan
     shuffled = data.draw(st.permutations(case.candidates))
     assert plan_batches(shuffled, policy, case.instance_count) == plan
@@ -321,7 +320,7 @@ def test_replanning_after_the_first_batch_gives_the_rest_of_the_plan(case: Case,
     if remove:
         after = [c for c in case.candidates if c.instance_id not in done]
     else:
-        after = [replace(c, current=c.current or c.instance_id in done) for c in case.candidates]
+        after = [c._replace(current=c.current or c.instance_id in done) for c in case.candidates]
 
     assert plan_batches(after, case.policy, case.instance_count).batches == case.plan.batches[1:]
 

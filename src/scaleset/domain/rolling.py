@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from scaleset.domain.batches import BatchPolicy, Candidate, exceeds_percent, fit_batch, plan_batches
 
@@ -64,9 +64,10 @@ MemberState = Literal["upgrading", "succeeded", "failed", "rolling_back", "rolle
 TaskState = Literal["open", "done", "failed", "none"]
 
 
-@dataclass(frozen=True)
-class Member:
-    """An instance a batch of this run took: its state in the run, its task's, and its health now."""
+class Member(NamedTuple):
+    """An instance a batch of this run took: its state in the run, its task's, and its health now. (A named
+    tuple: the engine makes one per member of the current batch every pass it acts, hundreds of thousands in
+    an upgrade of 100 000 instances, and a frozen dataclass costs several times more to make.)"""
 
     row_id: int
     instance_id: int
