@@ -108,3 +108,35 @@ def test_a_new_action_supersedes_the_wait_for_the_guest(env: Env) -> None:
     assert created.error == "superseded by restart before the guest reported"
     restarted = task_of(env, 0, "restart")
     assert restarted.status == "done" and restarted.attempts == 1
+
+
+def test_a_claim_takes_the_oldest_pending_tasks_page_by_page_skipping_busy_instances(env: Env) -> None:
+    """The claim reads the oldest pending tasks a page (`claim_limit`) at a time; a task whose instance
+    already has one running is skipped, and the next page is read until the claim is full."""
+    env.service.put_set(SUB, GROUP, NAME, scale_set_body(7))
+    with env.container.db.write() as session:
+        pending = list(session.scalars(select(Task).where(Task.status == "pending").order_by(Task.id)))
+        assert len(pending) == 7
+        ids = [task.id for task in pending]
+        pending[0].status = "running"
+        # Another operation's task already runs on the instance of the third: that one must wait.
+        busy = pending[2]
+        session.add(
+            Task(
+                operation_id=busy.operation_id,
+                instance_row_id=busy.instance_row_id,
+                action="restart",
+                status="running",
+                error="",
+                attempts=1,
+                created_at=busy.created_at,
+                updated_at=busy.updated_at,
+            )
+        )
+    executor = env.container.executor
+    executor._claim_limit = 2
+
+    assert [task.task_id for task in executor._claim()] == [ids[1], ids[3]]
+    assert [task.task_id for task in executor._claim()] == [ids[4], ids[5]]
+    assert [task.task_id for task in executor._claim()] == [ids[6]]
+    assert executor._claim() == []

@@ -61,6 +61,7 @@ from scaleset.store.db import (
     Database,
     bind_processor_of,
     execute_many,
+    raw_rows,
     result_processor_of,
     rows_by_ids,
     select_in,
@@ -217,6 +218,9 @@ _CLAIM = (
 # A settling task of an instance a claim gives a new action (it ends that wait).
 _SETTLING_OF = (
     "SELECT id, instance_row_id FROM tasks WHERE status = 'settling' AND instance_row_id IN ({ids})"
+)
+_PENDING_PAGE = (
+    "SELECT id, instance_row_id FROM tasks WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?"
 )
 _TASK_RUNNING = "UPDATE tasks SET status = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?"
 # Recording finished tasks: one executemany per shape of change.
@@ -518,19 +522,24 @@ class Executor:
                     session, "tasks", ("instance_row_id",), ["running"], key="status"
                 )
             }
-            # Oldest first (tasks of busy instances are skipped), from the (status, instance) index alone:
-            # ordered by id in SQL, SQLite would sort every pending task's row for each claim.
-            pending = sorted(
-                rows_by_ids(session, "tasks", ("id", "instance_row_id"), ["pending"], key="status")
-            )
+            # Oldest first (tasks of busy instances are skipped), a page of the oldest pending at a time:
+            # SQLite finds them from the (status, instance) index and keeps only a page's worth in its
+            # sorter. (Reading and sorting every pending task in Python for each claim made a start of
+            # 20 000 instances, claimed 1 024 at a time, quadratic.)
             picked: list[int] = []
-            for task_id, row_id in pending:
-                if len(picked) >= self._claim_limit:
-                    break
-                if row_id in busy:
-                    continue
-                busy.add(row_id)
-                picked.append(task_id)
+            after = 0
+            while len(picked) < self._claim_limit:
+                page = raw_rows(session, _PENDING_PAGE, (after, self._claim_limit))
+                for task_id, row_id in page:
+                    if len(picked) >= self._claim_limit:
+                        break
+                    if row_id in busy:
+                        continue
+                    busy.add(row_id)
+                    picked.append(task_id)
+                if len(page) < self._claim_limit:
+                    break  # no pending task left after this page
+                after = page[-1][0]
             self._last_picked = len(picked)
             chosen = self._claim_rows(session, picked)
             if not chosen:

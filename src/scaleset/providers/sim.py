@@ -334,7 +334,12 @@ class SimProvider(Provider):
         with self._lock:
             instances = self._instances
             return [
-                instance is not None and _healthy(instance, now)
+                # `_healthy`, its common case (up, no faults) answered here without a call.
+                instance is not None
+                and (
+                    (instance.faults is None and instance.state is _RUNNING and now >= instance.ready_at)
+                    or _healthy(instance, now)
+                )
                 for instance in [instances.get(key) for key, _ in targets]
             ]
 
