@@ -4,24 +4,16 @@ model and their tasks, in the step's one transaction, with instances of one batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select, update
 
 from scaleset.store.tables import Instance, Task, UpgradeInstance
-from tests.fleet import GROUP, NAME, SUB, Fleet, fleet_on_copy, prepare_data, rolling_body
+from tests.fleet import GROUP, NAME, SUB, Fleet, rolling_body
+from tests.unit import test_rolling as base
 
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_data(tmp_path_factory.mktemp("prepared"))
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, prepared: Path) -> Iterator[Fleet]:
-    yield from fleet_on_copy(prepared, tmp_path)
+# The same fixtures as test_rolling's: a prepared database, copied for each test, and the fleet on it.
+prepared = base.prepared
+fleet = base.fleet
 
 
 @pytest.mark.parametrize("current", [0, 5])
