@@ -41,3 +41,19 @@ def test_many_probes_give_the_verdicts_of_one_probe_each(number_of_probes: int) 
         seen.append(tuple(singly))
         clock.advance(2)  # less than the interval: some answers come from the kept streak
     assert len(set(seen)) >= 3  # the verdicts did move: booting, flapping, a new disk
+
+
+def test_a_target_named_twice_in_one_call_is_probed_once() -> None:
+    """As two `_probe` calls in a row: the second finds the first's answer within the interval, so a
+    `numberOfProbes` streak counts one probe, not two."""
+    clock = FakeClock()
+    sim = SimProvider(clock, boot_seconds=10)
+    sim.create_instance(spec("s/0"))
+    settings = ProbeSettings(PROBE, interval_seconds=5, number_of_probes=2)
+    one = HealthReader(sim, clock, lambda _: settings)
+    many = HealthReader(sim, clock, lambda _: settings)
+    for _ in range(6):
+        target = ("s/0", "10.0.0.4", 1)
+        singly = [one._probe(*target, settings), one._probe(*target, settings)]
+        assert many._probe_many([target, target], settings) == singly
+        clock.advance(5)

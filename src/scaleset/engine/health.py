@@ -129,34 +129,35 @@ class HealthReader:
         stale = now - _interval(source.interval_seconds)
         streaks = self._streaks
         verdicts: list[bool] = []
-        due: list[int] = []
+        # (key, generation) → the indexes that ask for it: a target named twice is probed once, as the
+        # second of two `_probe` calls would find the first's answer within the interval.
+        due: dict[tuple[str, int], list[int]] = {}
         for index, (key, _, generation) in enumerate(targets):
             streak = streaks.get((key, generation))
             if streak is not None and stale < streak.checked_at:
                 verdicts.append(streak.state)
             else:
                 verdicts.append(False)
-                due.append(index)
+                due.setdefault((key, generation), []).append(index)
         if not due:
             return verdicts
         answers = self._provider.probe_health_many(
-            [(targets[index][0], targets[index][1]) for index in due], source.probe
+            [(key, targets[indexes[0]][1]) for (key, _), indexes in due.items()], source.probe
         )
         needed = max(1, source.number_of_probes)
         with self._lock:
-            for index, answer in zip(due, answers, strict=True):
-                key, _, generation = targets[index]
-                streak = streaks.get((key, generation))
+            for (streak_key, indexes), answer in zip(due.items(), answers, strict=True):
+                streak = streaks.get(streak_key)
                 if streak is None:
-                    streaks[(key, generation)] = _Streak(answer, answer, 1, now)
-                    verdicts[index] = answer
-                    continue
-                streak.run = streak.run + 1 if answer == streak.last else 1
-                streak.last = answer
-                streak.checked_at = now
-                if streak.run >= needed:
-                    streak.state = answer
-                verdicts[index] = streak.state
+                    streak = streaks[streak_key] = _Streak(answer, answer, 1, now)
+                else:
+                    streak.run = streak.run + 1 if answer == streak.last else 1
+                    streak.last = answer
+                    streak.checked_at = now
+                    if streak.run >= needed:
+                        streak.state = answer
+                for index in indexes:
+                    verdicts[index] = streak.state
         return verdicts
 
 

@@ -209,7 +209,12 @@ class _Seen:
     """What the last pass read of a run from the database, and the database's change token read just
     before (`Database.change_token`). While the token stays the same nothing was written anywhere, so the
     next pass takes these instead of reading them again; only health, which moves with time, is asked
-    anew. An upgrade waiting for its batch's health spends most of its passes like that."""
+    anew. An upgrade waiting for its batch's health spends most of its passes like that.
+
+    This holds only while every input of the planner other than health comes from the database (model
+    versions, kept in `_models`, are written once; probe settings are read every pass). Anything else the
+    planner comes to depend on must be read outside `_Seen`, or SQLite would keep it where PostgreSQL would
+    not; `tests/unit/test_rolling_observation.py` compares every view with a fresh engine's."""
 
     token: int | None
     run: _RunRow
@@ -401,6 +406,7 @@ class RollingEngine:
                 run is None
                 or run.phase != observed.run.phase
                 or run.batch_number != observed.run.batch_number
+                or run.cancel_requested != observed.run.cancel_requested
             ):
                 return Wait(None, "the run changed under us")
             scale_set = session.get(ScaleSet, run.set_id)

@@ -88,11 +88,22 @@ class Database:
         cheap signal here, so callers always read again there. Read the token *before* the rows it
         vouches for: a commit between the two then only costs one read too many."""
         database = self.engine.url.database
-        if not self.is_sqlite or not database or database == ":memory:" or database.startswith("file:"):
+        if (
+            self.engine.url.drivername not in ("sqlite", "sqlite+pysqlite")
+            or not database
+            or database == ":memory:"
+            or database.startswith("file:")
+        ):
+            # Not a plain SQLite file (an in-memory database is one per connection, a URI or another
+            # driver may name it otherwise): read every pass.
             return None
         with self._watcher_lock:
             if self._watcher is None:
-                self._watcher = sqlite3.connect(database, check_same_thread=False, timeout=30)
+                # A plain sqlite3 connection in autocommit, so that no read transaction of its own can
+                # hold the number still.
+                self._watcher = sqlite3.connect(
+                    database, check_same_thread=False, timeout=30, isolation_level=None
+                )
             return int(self._watcher.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
