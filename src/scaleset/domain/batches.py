@@ -174,7 +174,7 @@ def plan_batches(
     pending: list[Candidate] = []
     skipped: list[Candidate] = []
     for candidate in candidates:
-        (skipped if candidate.protected or candidate.current else pending).append(candidate)
+        (pending if _skip_reason(candidate) is None else skipped).append(candidate)
     batches = tuple(chunk for part in _parts(pending, policy) for chunk in _chunks(part, size))
     return BatchPlan(batch_size=size, batches=batches, skipped=_skipped(skipped))
 

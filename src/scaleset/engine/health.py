@@ -108,17 +108,22 @@ class HealthReader:
             return streak.state
         answer = self._provider.probe_health(key, address, source.probe)
         with self._lock:
-            streak = self._streaks.get(streak_key)
-            if streak is None:
-                # A new OS disk starts with no history: its first answer is its state.
-                self._streaks[streak_key] = _Streak(answer, answer, 1, now)
-                return answer
-            streak.run = streak.run + 1 if answer == streak.last else 1
-            streak.last = answer
-            streak.checked_at = now
-            if streak.run >= max(1, source.number_of_probes):
-                streak.state = answer
-            return streak.state
+            return self._record_answer(streak_key, answer, now, source.number_of_probes)
+
+    def _record_answer(self, streak_key: tuple[str, int], answer: bool, now: datetime, needed: int) -> bool:
+        """Add a probe's answer to the instance's streak (the caller holds the lock); its verdict now: the
+        state changes only once `needed` answers in a row agree, as a load balancer's does."""
+        streak = self._streaks.get(streak_key)
+        if streak is None:
+            # A new OS disk starts with no history: its first answer is its state.
+            self._streaks[streak_key] = _Streak(answer, answer, 1, now)
+            return answer
+        streak.run = streak.run + 1 if answer == streak.last else 1
+        streak.last = answer
+        streak.checked_at = now
+        if streak.run >= max(1, needed):
+            streak.state = answer
+        return streak.state
 
     def _probe_many(self, targets: Sequence[tuple[str, str, int]], source: ProbeSettings) -> list[bool]:
         """`_probe` for many (key, address, OS disk generation) at once, with the same answers: the clock
@@ -144,20 +149,11 @@ class HealthReader:
         answers = self._provider.probe_health_many(
             [(key, targets[indexes[0]][1]) for (key, _), indexes in due.items()], source.probe
         )
-        needed = max(1, source.number_of_probes)
         with self._lock:
             for (streak_key, indexes), answer in zip(due.items(), answers, strict=True):
-                streak = streaks.get(streak_key)
-                if streak is None:
-                    streak = streaks[streak_key] = _Streak(answer, answer, 1, now)
-                else:
-                    streak.run = streak.run + 1 if answer == streak.last else 1
-                    streak.last = answer
-                    streak.checked_at = now
-                    if streak.run >= needed:
-                        streak.state = answer
+                verdict = self._record_answer(streak_key, answer, now, source.number_of_probes)
                 for index in indexes:
-                    verdicts[index] = streak.state
+                    verdicts[index] = verdict
         return verdicts
 
 

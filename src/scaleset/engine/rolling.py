@@ -470,7 +470,7 @@ class RollingEngine:
             if check is None:
                 check = checks[instance.model_version] = health.checker(model(instance.model_version))
             return check(
-                f"{uid}/{instance_id}",
+                keys[instance_id],
                 instance.address,
                 instance.os_disk_generation,
                 instance.power_state,

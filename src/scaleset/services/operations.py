@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from scaleset.domain.errors import ArmError
@@ -101,43 +101,6 @@ def add_task(session: Session, operation: Operation, instance: Instance, action:
     )
     session.add(task)
     return task
-
-
-def add_tasks(session: Session, operation_id: str, actions: Sequence[tuple[int, str]], now: datetime) -> None:
-    """`add_task` for many instances at once, by row id: one executemany per table instead of an ORM
-    object each (a rolling batch or a claim holds hundreds). `actions` is (instance row id, action).
-
-    Core statements: the caller must not hold these instances as ORM objects in the session (they would
-    not see the new states)."""
-    if not actions:
-        return
-    by_transition: dict[tuple[str | None, str | None], list[int]] = {}
-    for row_id, action in actions:
-        by_transition.setdefault(TRANSITIONS[action], []).append(row_id)
-    for (provisioning, power), row_ids in by_transition.items():
-        values: dict[str, Any] = {"updated_at": now}
-        if provisioning is not None:
-            values["provisioning_state"] = provisioning
-        if power is not None:
-            values["power_state"] = power
-        for chunk in chunks(row_ids):
-            session.execute(update(Instance).where(Instance.id.in_(chunk)).values(**values))
-    session.connection().execute(
-        insert(Task),
-        [
-            {
-                "operation_id": operation_id,
-                "instance_row_id": row_id,
-                "action": action,
-                "status": "pending",
-                "error": "",
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for row_id, action in actions
-        ],
-    )
 
 
 # SQLite allows 32 766 bound parameters per statement (999 before 3.32); IN lists stay well below.
