@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,7 @@ import psutil
 import pytest
 
 import scaleset.providers.local as local_module
+from scaleset.guest.init import start_ticks_of
 from scaleset.providers.base import CustomDataResult, HealthProbe, InstanceSpec, InstanceState, ProviderError
 from scaleset.providers.local import LocalProvider
 from tests.providers.conformance import (
@@ -140,6 +144,26 @@ def inits_of(directory: Path) -> list[psutil.Process]:
     return [p for p in processes_using(directory) if "scaleset.guest.init" in p.cmdline()]
 
 
+def test_start_ticks_agree_with_the_create_time_whatever_the_command_name_and_end_with_the_process() -> None:
+    # The child renames itself so that its command name in /proc/<pid>/stat holds ") " and spaces.
+    renamed = (
+        "import sys; open('/proc/self/comm', 'w').write('a) 1 (b'); print('ok', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", renamed], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ok\n"
+        assert psutil.Process(child.pid).name() == "a) 1 (b"
+        ticks = start_ticks_of(child.pid)
+        assert ticks is not None
+        seconds_after_boot = psutil.Process(child.pid).create_time() - psutil.boot_time()
+        assert abs(ticks / os.sysconf("SC_CLK_TCK") - seconds_after_boot) < 1.0
+    finally:
+        child.communicate("")
+    assert start_ticks_of(child.pid) is None
+
+
 # -- what only real processes show --------------------------------------------------------------------
 
 
@@ -231,6 +255,48 @@ class TestLocalProvider:
         local_provider.start_instance(spec)
         assert not alive(orphan_app)
         assert request("GET", spec, "/").status_code == 200
+
+    def test_a_step_of_the_wall_clock_leaves_running_instances_running(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        # Stop 11's CI failure: after the wall clock was stepped (a VM resumed from a snapshot), instances
+        # started before the step showed as stopped, because psutil's create time moves with the clock.
+        local_provider.create_instance(spec_for(KEY))
+        init_json = local_provider.instance_layout(KEY).init_json
+        record = json.loads(init_json.read_text())
+
+        # What the init recorded, as its create time reads once the clock has been stepped an hour back.
+        init_json.write_text(json.dumps({**record, "create_time": record["create_time"] + 3600}))
+
+        assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
+
+    def test_a_process_that_reuses_the_inits_pid_is_not_taken_for_it(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        local_provider.create_instance(spec_for(KEY))
+        init_json = local_provider.instance_layout(KEY).init_json
+        record = json.loads(init_json.read_text())
+        try:
+            # The same pid, started one tick later: another process.
+            init_json.write_text(json.dumps({**record, "start_ticks": record["start_ticks"] + 1}))
+            assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
+        finally:
+            init_json.write_text(json.dumps(record))  # so that the fixture's delete ends the real init
+
+    def test_an_init_record_from_before_start_ticks_is_matched_by_its_create_time(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        local_provider.create_instance(spec_for(KEY))
+        init_json = local_provider.instance_layout(KEY).init_json
+        record = json.loads(init_json.read_text())
+        older = {"pid": record["pid"], "create_time": record["create_time"]}
+        try:
+            init_json.write_text(json.dumps(older))
+            assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
+            init_json.write_text(json.dumps({**older, "create_time": older["create_time"] - 60}))
+            assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
+        finally:
+            init_json.write_text(json.dumps(record))
 
     def test_a_restarted_server_adopts_running_instances(
         self, local_provider: LocalProvider, spec_for: SpecFactory, tmp_path: Path

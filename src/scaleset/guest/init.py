@@ -22,8 +22,8 @@ Handlers start daemons (`nohup … &` in a session of their own) that outlive th
 This process is a child subreaper, so those daemons stay its descendants instead of escaping to pid 1: a
 stop ends them with the app, and this process reaps the ones that exit by themselves.
 
-Who records the init: this process writes `init.json` ({pid, create_time}) itself, while it holds an
-exclusive lock on `init.lock`. Writing it from inside means no moment exists where a live init has no
+Who records the init: this process writes `init.json` ({pid, start_ticks, create_time}) itself, while it
+holds an exclusive lock on `init.lock`. Writing it from inside means no moment exists where a live init has no
 record (a server killed right after spawning would otherwise leave an unrecorded, unstoppable init), and
 the lock means a second init for the same instance (a restarted server racing a booting one) exits at once
 with EXIT_ANOTHER_INIT_RUNNING instead of starting a second app. The provider waits for the record before
@@ -714,7 +714,26 @@ def _lock_instance(layout: InstanceLayout) -> IO[Any] | None:
 
 def _record_self(layout: InstanceLayout) -> None:
     me = psutil.Process()
-    write_file_atomically(layout.init_json, json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    record = {"pid": me.pid, "start_ticks": start_ticks_of(me.pid), "create_time": me.create_time()}
+    write_file_atomically(layout.init_json, json.dumps(record))
+
+
+def start_ticks_of(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (`starttime`, field 22 of /proc/<pid>/stat);
+    None when it is gone.
+
+    This, with the pid, is what tells a live init from a later process that reuses its pid. psutil's
+    `create_time()` is not fit for it: it adds the boot time as the wall clock sees it now, so a step of the
+    wall clock (NTP, a VM resumed from a snapshot) moves every process's create time by the step, and
+    every running instance would look dead at once.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Field 2, the command name, is in parentheses and may itself hold spaces and parentheses.
+    after_name = stat[stat.rindex(b")") + 1 :].split()
+    return int(after_name[19])  # after_name[0] is field 3
 
 
 def _signal_name(signum: int) -> str:

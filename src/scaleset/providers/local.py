@@ -47,6 +47,7 @@ from scaleset.guest.init import (
     InstanceLayout,
     custom_data_result_from_json,
     spec_to_json,
+    start_ticks_of,
     wait_until_gone,
 )
 from scaleset.providers.base import (
@@ -66,9 +67,9 @@ PowerMarker = Literal["stopped", "deallocated"]
 INIT_START_TIMEOUT_SECONDS = 10.0
 _POLL_SECONDS = 0.01
 
-# Two reads of one process's create time can differ a little: psutil derives it from the boot time,
-# which the kernel recomputes when the wall clock is adjusted. A reused pid is a different process
-# started at a different moment, far outside this.
+# Only for init records without start ticks (written by an older init): two reads of one process's
+# create time can differ a little, as psutil derives it from the boot time, which the kernel recomputes
+# when the wall clock is adjusted. A reused pid is a different process started at a different moment.
 _CREATE_TIME_TOLERANCE_SECONDS = 1.0
 
 # `python -m` puts its working directory first on sys.path; starting the init from the directory that
@@ -91,6 +92,9 @@ class _InitRecord:
 
     pid: int
     create_time: float
+    # Clock ticks since boot (`start_ticks_of`); None in a record written by an init from before it was
+    # recorded, which is then matched by its wall-clock create time.
+    start_ticks: int | None
 
 
 class LocalProvider(Provider):
@@ -356,7 +360,10 @@ class LocalProvider(Provider):
             process = psutil.Process(record.pid)
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
-            if abs(float(process.create_time()) - record.create_time) > _CREATE_TIME_TOLERANCE_SECONDS:
+            if record.start_ticks is not None:
+                if start_ticks_of(record.pid) != record.start_ticks:
+                    return None
+            elif abs(float(process.create_time()) - record.create_time) > _CREATE_TIME_TOLERANCE_SECONDS:
                 return None
         except psutil.Error:
             return None
@@ -584,7 +591,12 @@ def _signal_group(group: int, signum: signal.Signals) -> None:
 def _read_init_record(layout: InstanceLayout) -> _InitRecord | None:
     try:
         data = json.loads(layout.init_json.read_text())
-        return _InitRecord(pid=int(data["pid"]), create_time=float(data["create_time"]))
+        ticks = data.get("start_ticks")
+        return _InitRecord(
+            pid=int(data["pid"]),
+            create_time=float(data["create_time"]),
+            start_ticks=None if ticks is None else int(ticks),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
