@@ -1,6 +1,7 @@
 """The health reader's batched probe (`HealthReader._probe_many`, what the rolling loop asks for a whole
 batch) must give exactly the verdicts one `_probe` per instance gives: the same interval caching and the
-same `numberOfProbes` streak rule (a load balancer's), instance by instance (M-11)."""
+same `numberOfProbes` streak rule (a load balancer's), instance by instance (M-11). So must the batched
+check above it (`HealthPass.many_checker`)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,30 @@ def test_a_target_named_twice_in_one_call_is_probed_once() -> None:
         singly = [one._probe(*target, settings), one._probe(*target, settings)]
         assert many._probe_many([target, target], settings) == singly
         clock.advance(5)
+
+
+MODEL = {"networkProfile": {"healthProbe": {"id": "lb/probes/http"}}}
+
+
+def test_a_batched_check_gives_each_instance_the_verdict_of_its_own_check() -> None:
+    """`HealthPass.many_checker`: instances not running (or not provisioned) are unhealthy without a probe;
+    the others as one probe each would say."""
+    clock = FakeClock()
+    sim = SimProvider(clock, boot_seconds=0)
+    sim.add_fault(Fault("hang", keys=("s/1",)))
+    for index in range(4):
+        sim.create_instance(spec(f"s/{index}"))
+    settings = ProbeSettings(PROBE, interval_seconds=5, number_of_probes=1)
+    running = [(f"s/{index}", "10.0.0.4", 1, "running", "succeeded") for index in range(4)]
+    mixed = [
+        *running[:2],
+        ("s/2", "10.0.0.4", 1, "stopped", "succeeded"),
+        ("s/3", "10.0.0.4", 1, "running", "failed"),
+    ]
+    for looked in (running, mixed):
+        clock.advance(5)
+        one = HealthReader(sim, clock, lambda _: settings).one_pass().checker(MODEL)
+        many = HealthReader(sim, clock, lambda _: settings).one_pass().many_checker(MODEL)
+        assert many(looked) == [one(*instance) for instance in looked]
+    assert many(running) == [True, False, True, True]
+    assert many(mixed) == [True, False, False, False]
