@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -164,6 +166,25 @@ def test_start_ticks_agree_with_the_create_time_whatever_the_command_name_and_en
     assert start_ticks_of(child.pid) is None
 
 
+def started_init_record(provider: LocalProvider, spec_for: SpecFactory) -> tuple[Path, dict[str, Any]]:
+    """Create the instance; its init.json and what its init wrote there."""
+    provider.create_instance(spec_for(KEY))
+    init_json = provider.instance_layout(KEY).init_json
+    return init_json, json.loads(init_json.read_text())
+
+
+@contextmanager
+def init_record_reading(init_json: Path, record: dict[str, Any]) -> Iterator[None]:
+    """init.json says `record` inside; after, what the init wrote (so that the fixture's delete ends the
+    real init)."""
+    written = init_json.read_text()
+    init_json.write_text(json.dumps(record))
+    try:
+        yield
+    finally:
+        init_json.write_text(written)
+
+
 # -- what only real processes show --------------------------------------------------------------------
 
 
@@ -261,42 +282,31 @@ class TestLocalProvider:
     ) -> None:
         # Stop 11's CI failure: after the wall clock was stepped (a VM resumed from a snapshot), instances
         # started before the step showed as stopped, because psutil's create time moves with the clock.
-        local_provider.create_instance(spec_for(KEY))
-        init_json = local_provider.instance_layout(KEY).init_json
-        record = json.loads(init_json.read_text())
+        init_json, record = started_init_record(local_provider, spec_for)
 
         # What the init recorded, as its create time reads once the clock has been stepped an hour back.
-        init_json.write_text(json.dumps({**record, "create_time": record["create_time"] + 3600}))
-
-        assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
+        with init_record_reading(init_json, {**record, "create_time": record["create_time"] + 3600}):
+            assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
 
     def test_a_process_that_reuses_the_inits_pid_is_not_taken_for_it(
         self, local_provider: LocalProvider, spec_for: SpecFactory
     ) -> None:
-        local_provider.create_instance(spec_for(KEY))
-        init_json = local_provider.instance_layout(KEY).init_json
-        record = json.loads(init_json.read_text())
-        try:
-            # The same pid, started one tick later: another process.
-            init_json.write_text(json.dumps({**record, "start_ticks": record["start_ticks"] + 1}))
+        init_json, record = started_init_record(local_provider, spec_for)
+
+        # The same pid, started one tick later: another process.
+        with init_record_reading(init_json, {**record, "start_ticks": record["start_ticks"] + 1}):
             assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
-        finally:
-            init_json.write_text(json.dumps(record))  # so that the fixture's delete ends the real init
 
     def test_an_init_record_from_before_start_ticks_is_matched_by_its_create_time(
         self, local_provider: LocalProvider, spec_for: SpecFactory
     ) -> None:
-        local_provider.create_instance(spec_for(KEY))
-        init_json = local_provider.instance_layout(KEY).init_json
-        record = json.loads(init_json.read_text())
+        init_json, record = started_init_record(local_provider, spec_for)
         older = {"pid": record["pid"], "create_time": record["create_time"]}
-        try:
-            init_json.write_text(json.dumps(older))
+
+        with init_record_reading(init_json, older):
             assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
-            init_json.write_text(json.dumps({**older, "create_time": older["create_time"] - 60}))
+        with init_record_reading(init_json, {**older, "create_time": older["create_time"] - 60}):
             assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
-        finally:
-            init_json.write_text(json.dumps(record))
 
     def test_a_restarted_server_adopts_running_instances(
         self, local_provider: LocalProvider, spec_for: SpecFactory, tmp_path: Path
