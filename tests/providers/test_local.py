@@ -174,7 +174,7 @@ def started_init_record(provider: LocalProvider, spec_for: SpecFactory) -> tuple
 
 
 @contextmanager
-def init_record_reading(init_json: Path, record: dict[str, Any]) -> Iterator[None]:
+def init_record_reading(init_json: Path, record: Any) -> Iterator[None]:
     """init.json says `record` inside; after, what the init wrote (so that the fixture's delete ends the
     real init)."""
     written = init_json.read_text()
@@ -307,6 +307,16 @@ class TestLocalProvider:
             assert local_provider.describe_instance(KEY).state is InstanceState.RUNNING
         with init_record_reading(init_json, {**older, "create_time": older["create_time"] - 60}):
             assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
+
+    def test_an_init_record_that_names_no_process_is_a_stopped_instance(
+        self, local_provider: LocalProvider, spec_for: SpecFactory
+    ) -> None:
+        # The record sits in the instance's directory, which the guest can write to: whatever it says,
+        # describing the instance must not fail.
+        init_json, record = started_init_record(local_provider, spec_for)
+        for written in ([record["pid"]], {**record, "pid": -1}, {**record, "pid": 0}, {**record, "pid": "x"}):
+            with init_record_reading(init_json, written):
+                assert local_provider.describe_instance(KEY).state is InstanceState.STOPPED
 
     def test_a_restarted_server_adopts_running_instances(
         self, local_provider: LocalProvider, spec_for: SpecFactory, tmp_path: Path

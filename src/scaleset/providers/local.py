@@ -592,13 +592,15 @@ def _read_init_record(layout: InstanceLayout) -> _InitRecord | None:
     try:
         data = json.loads(layout.init_json.read_text())
         ticks = data.get("start_ticks")
-        return _InitRecord(
+        record = _InitRecord(
             pid=int(data["pid"]),
             create_time=float(data["create_time"]),
             start_ticks=None if ticks is None else int(ticks),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    # Anything but a positive pid names no process (psutil refuses it with a ValueError of its own).
+    return record if record.pid > 0 else None
 
 
 def _read_generation(layout: InstanceLayout) -> int | None:
