@@ -130,7 +130,8 @@ def with_guest(
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = GUEST_TIMEOUT, what: str = "condition") -> T:
-    """Poll `probe` until it returns something other than None (or False)."""
+    """Poll `probe` until it returns something other than None (or False). An empty list is returned at
+    once: a probe that waits for something to appear in a list returns `found or None`."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
