@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
@@ -44,6 +43,7 @@ from scaleset.providers.base import (
     Provider,
     ProviderError,
 )
+from tests.support import eventually as support_eventually
 
 Disk = Literal["os"] | int  # the OS disk, or the data disk with this LUN
 
@@ -130,16 +130,11 @@ def with_guest(
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = GUEST_TIMEOUT, what: str = "condition") -> T:
-    """Poll `probe` until it returns something other than None (or False). An empty list is returned at
-    once: a probe that waits for something to appear in a list returns `found or None`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s")
-        time.sleep(0.02)
+    """Poll `probe` until it returns something truthy, and return that (`tests/support.eventually` at this
+    suite's guest timeout). An empty list is not yet a result: a wait for processes to appear must not
+    return before the first one has."""
+    result: T = support_eventually(probe, timeout=timeout, interval=0.02, what=what)
+    return result
 
 
 def guest_status(provider: Provider, key: str = KEY) -> GuestStatus | None:

@@ -211,11 +211,11 @@ def test_a_daemon_started_by_enable_dies_with_the_instance(
     spec = with_guest(spec_for(KEY), goal=handler.goal(1))
     local_provider.create_instance(spec)
     wait_for_goal(local_provider, 1, KEY)
-    (first,) = eventually(lambda: daemons(tag) or None, what="daemon started")
+    (first,) = eventually(lambda: daemons(tag), what="daemon started")
 
     local_provider.restart_instance(spec)
     eventually(lambda: len(handler.calls()) == 3, what="enable after restart")
-    (second,) = eventually(lambda: daemons(tag) or None, what="daemon started again")
+    (second,) = eventually(lambda: daemons(tag), what="daemon started again")
     assert not alive(first)
 
     local_provider.delete_instance(KEY)
@@ -230,7 +230,7 @@ def test_a_daemon_in_its_own_session_dies_even_when_the_init_was_killed(
     handler = Handler(tmp_path, enable=f"setsid nohup sleep {tag} >/dev/null 2>&1 &")
     local_provider.create_instance(with_guest(spec_for(KEY), goal=handler.goal(1)))
     wait_for_goal(local_provider, 1, KEY)
-    (daemon,) = eventually(lambda: daemons(tag) or None, what="daemon started")
+    (daemon,) = eventually(lambda: daemons(tag), what="daemon started")
     assert daemon.pid in {child.pid for child in init_process(local_provider, KEY).children(recursive=True)}
 
     init_process(local_provider, KEY).send_signal(signal.SIGKILL)  # nothing is left to stop the tree
@@ -352,7 +352,7 @@ def test_custom_data_interrupted_by_a_stop_runs_again_at_the_next_start(
 ) -> None:
     spec = with_guest(spec_for(KEY), custom_data=b"#!/bin/sh\nsleep 30\n")
     local_provider.create_instance(spec)
-    eventually(lambda: init_process(local_provider, KEY).children() or None, what="custom data started")
+    eventually(lambda: init_process(local_provider, KEY).children(), what="custom data started")
 
     local_provider.stop_instance(KEY)
 
